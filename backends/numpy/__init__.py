@@ -1,0 +1,1 @@
+"""bsnnc.backends.numpy."""

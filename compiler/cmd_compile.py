@@ -1,0 +1,138 @@
+"""``bsnnc compile``: ONNX → IR → passes → ``.tiles`` artifact."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from bsnnc.compiler.console import emit_json, err, layers_table, resolve_model
+from bsnnc.compiler.frontend.importer import import_onnx
+from bsnnc.compiler.passes import PIPELINES, REGISTRY, PassManager, resolve
+from bsnnc.compiler.report import layer_table
+from bsnnc.ir.errors import BsnncError
+from bsnnc.ir.graph import Graph
+from bsnnc.ir.io import save_ir
+from bsnnc.ir.printer import print_graph
+from bsnnc.runtime.artifact import Artifact, write_artifact
+
+
+def add_parser(sub: Any) -> None:
+    """Register the command."""
+    p = sub.add_parser(
+        "compile",
+        help="compile an ONNX model into a .tiles artifact",
+        description="Import an ONNX binary-weight CNN, run the pass pipeline and write a .tiles "
+        "artifact (IR, weights, checksums). Without -o the artifact is <model>.tiles in the "
+        "current directory, unless --dump-ir is given (then nothing is written).",
+    )
+    p.add_argument("model", help="ONNX file, or an embedded model name (digits)")
+    p.add_argument("-o", "--output", type=Path, help="artifact path (default: <model>.tiles)")
+    p.add_argument(
+        "--input-shape",
+        type=shape_arg,
+        help="per-sample input shape C,H,W for models with dynamic dimensions",
+    )
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--pipeline",
+        default="default",
+        choices=sorted(PIPELINES),
+        help="named pass pipeline (default: %(default)s)",
+    )
+    group.add_argument(
+        "--passes",
+        type=lambda s: [x for x in s.split(",") if x],
+        help="comma-separated passes to run instead of a pipeline",
+    )
+    p.add_argument("--dump-ir", action="store_true", help="print the final IR text to stdout")
+    p.add_argument(
+        "--dump-ir-after",
+        metavar="PASS|all",
+        help="print the IR after PASS (or after every stage) to stderr",
+    )
+    p.add_argument(
+        "--dump-dir", type=Path, help="write NN-<stage>.ir and .npz after every stage into DIR"
+    )
+    p.add_argument("--pass-timing", action="store_true", help="report the time each pass took")
+    p.add_argument("--json", action="store_true", help="print a JSON summary to stdout")
+    p.set_defaults(func=run)
+
+
+def shape_arg(text: str) -> tuple[int, ...]:
+    """Parse ``3,32,32``."""
+    try:
+        dims = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not dims or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"dimensions must be positive, got {text!r}")
+    return dims
+
+
+def _dumper(args: argparse.Namespace, stages: list[str]):  # type: ignore[no-untyped-def]
+    after = args.dump_ir_after
+    if after is not None and after != "all" and after not in stages:
+        raise BsnncError(f"--dump-ir-after {after}: no such stage; stages: {', '.join(stages)}")
+
+    def dump(index: int, name: str, g: Graph) -> None:
+        if args.dump_dir is not None:
+            save_ir(args.dump_dir / f"{index:02d}-{name}.ir", g)
+        if after in ("all", name):
+            sys.stderr.write(f"// ----- IR after {name} -----\n{print_graph(g)}")
+
+    return dump
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compile; returns the exit code."""
+    if args.json and args.dump_ir:
+        raise BsnncError("--json and --dump-ir both write to stdout; choose one")
+    model = resolve_model(args.model)
+    names = args.passes if args.passes is not None else PIPELINES[args.pipeline]
+    passes = resolve(names, REGISTRY)
+    dump = _dumper(args, ["import", *names])
+    graph = import_onnx(model, args.input_shape)
+    dump(0, "import", graph)
+    pm = PassManager(passes, dump)
+    graph = pm.run(graph)
+    out = args.output or (None if args.dump_ir else Path(model.stem + ".tiles"))
+    if out is not None:
+        write_artifact(out, Artifact(graph, _meta(model, names)))
+    return _report(args, graph, out, pm.timings)
+
+
+def _meta(model: Path, names: list[str]) -> dict[str, Any]:
+    h = hashlib.sha256(model.read_bytes()).hexdigest() if model.stat().st_size < (1 << 30) else None
+    return {"source": {"file": model.name, "sha256": h}, "passes": list(names)}
+
+
+def _report(
+    args: argparse.Namespace, g: Graph, out: Path | None, timings: list[tuple[str, float]]
+) -> int:
+    rows = layer_table(g)
+    if args.dump_ir:
+        sys.stdout.write(print_graph(g))
+    if args.json:
+        emit_json(
+            {
+                "model": args.model,
+                "output": str(out) if out else None,
+                "graph": g.name,
+                "layers": [r.as_dict() for r in rows],
+                "passes": [{"name": n, "seconds": round(t, 6)} for n, t in timings],
+            }
+        )
+        return 0
+    if not args.dump_ir:
+        err.print(layers_table(rows, f"@{g.name}: {len(rows)} weighted layers"))
+    if args.pass_timing:
+        for name, t in timings:
+            err.print(f"  {name:<24} {t * 1000:9.2f} ms")
+    if out is not None:
+        err.print(f"wrote {out}")
+    return 0

@@ -1,0 +1,63 @@
+"""Terminal output helpers: a stderr rich console for people, stdout for IR text and JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bsnnc.compiler.report import LayerRow
+from bsnnc.ir.errors import BsnncError
+from bsnnc.runtime.datasets import embedded_file
+
+#: human-facing output goes to stderr so stdout stays machine-readable.
+err = Console(stderr=True, highlight=False)
+
+EMBEDDED_MODELS = {"digits": "digits.onnx"}
+
+
+def emit_json(obj: Any) -> None:
+    """One JSON document on stdout."""
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def resolve_model(spec: str) -> Path:
+    """A model path, or the name of a model embedded in bsnnc (``digits``)."""
+    p = Path(spec)
+    if p.exists():
+        return p
+    if spec in EMBEDDED_MODELS:
+        return embedded_file(EMBEDDED_MODELS[spec])
+    names = ", ".join(EMBEDDED_MODELS)
+    raise BsnncError(f"{spec}: no such file (embedded models: {names})")
+
+
+def layers_table(rows: Sequence[LayerRow], title: str) -> Table:
+    """A rich table of weighted layers with totals."""
+    t = Table(title=title, title_justify="left")
+    t.add_column("#", justify="right")
+    for col in ("layer", "op", "output", "weights", "binary", "α"):
+        t.add_column(col)
+    t.add_column("ops/image", justify="right")
+    for r in rows:
+        binary = "[green]yes[/]" if r.binary else "no"
+        name = r.loc or r.value
+        t.add_row(str(r.index), name, r.op, r.output, r.weight, binary, r.alpha, f"{r.ops:,}")
+    total = sum(r.ops for r in rows)
+    binary_ops = sum(r.ops for r in rows if r.binary)
+    n_bin = sum(r.binary for r in rows)
+    t.add_section()
+    t.add_row("", "total", "", "", "", f"{n_bin}/{len(rows)}", "", f"{total:,}")
+    t.caption = (
+        f"binary layers carry {binary_ops:,} of {total:,} ops/image ({_pct(binary_ops, total)})"
+    )
+    return t
+
+
+def _pct(a: int, b: int) -> str:
+    return f"{100.0 * a / b:.1f}%" if b else "n/a"

@@ -1,0 +1,368 @@
+"""One small converter per supported ONNX op (the table ``CONVERTERS``).
+
+Binary-weight detection (XNOR-Net form ``W = α·sign(W)``): a weight whose magnitudes all equal
+their mean α — per tensor, or per output channel — within a relative tolerance of 1e-5 is stored
+as a ``bipolar`` constant of signs followed by ``scale`` by α, so that crossbar weights stay
+exactly ±1 and α can later be folded into thresholds.
+
+BatchNormalization ``y = γ·(x−μ)/√(σ²+ε) + β`` becomes ``scale(s) → bias(β − μ·s)`` with
+``s = γ/√(σ²+ε)``, to be folded by later passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from bsnnc.compiler.frontend.context import BATCH, Ctx
+from bsnnc.ir.types import Kind
+
+Converter = Callable[[Ctx], None]
+BINARY_RTOL = 1e-5
+
+
+def detect_binary(w: np.ndarray) -> tuple[np.ndarray, float | np.ndarray] | None:
+    """Signs (int8 ±1) and α (float, or per-output-channel array) if ``w = α·sign(w)``."""
+    a = np.abs(w.astype(np.float64)).reshape(w.shape[0], -1)
+    if a.shape[1] < 2 or not np.all(a > 0):
+        return None
+    signs = np.where(w > 0, 1, -1).astype(np.int8)
+    alpha = float(a.mean())
+    if np.max(np.abs(a - alpha)) <= BINARY_RTOL * alpha:
+        return signs, alpha
+    per = a.mean(axis=1)
+    if np.all(np.max(np.abs(a - per[:, None]), axis=1) <= BINARY_RTOL * per):
+        return signs, per.astype(np.float32)
+    return None
+
+
+def _weighted(ctx: Ctx, op: str, x: str, w: np.ndarray, wname: str, attrs: dict[str, Any]) -> str:
+    """Emit conv2d/dense with weight ``w`` [out, ...]; binary weights become signs + scale."""
+    b = ctx.builder
+    found = detect_binary(w)
+    if found is None:
+        return ctx.emit(op, [x, b.const(wname, Kind.F32, w)], attrs)
+    signs, alpha = found
+    y = ctx.emit(op, [x, b.const(wname, Kind.BIPOLAR, signs)], attrs)
+    if isinstance(alpha, float):
+        return ctx.emit("scale", [y], {"factor": alpha})
+    return ctx.emit("scale", [y, b.const(wname + ".alpha", Kind.F32, alpha)], {"axis": 1})
+
+
+def _channel_vector(ctx: Ctx, c: np.ndarray, x: str, what: str) -> tuple[float, np.ndarray | None]:
+    """A broadcast constant as a scalar, or as a per-channel vector along axis 1 of ``x``.
+
+    ONNX broadcasting right-aligns shapes, so ``c`` is per-channel iff, padded with leading 1s
+    to the rank of ``x``, its only non-1 dimension is axis 1 (e.g. [C] on [N,C], [C,1,1] on
+    [N,C,H,W]).
+    """
+    c = np.asarray(c, dtype=np.float32)
+    if c.size == 1:
+        return float(c.reshape(())), None
+    xt = ctx.type_of(x)
+    padded = (1,) * (xt.rank - c.ndim) + tuple(c.shape)
+    others = [d for i, d in enumerate(padded) if i != 1]
+    if c.ndim <= xt.rank and xt.rank >= 2 and padded[1] == xt.shape[1] and set(others) <= {1}:
+        return 0.0, c.reshape(-1)
+    raise ctx.fail(
+        f"{what} by a constant of shape {list(c.shape)} is supported only as a scalar or a "
+        f"per-channel vector along axis 1 of {xt}"
+    )
+
+
+def _affine(ctx: Ctx, x: str, c: np.ndarray, op: str) -> str:
+    """``scale``/``bias`` by an ONNX-broadcast constant (scalar or per channel)."""
+    scalar, vec = _channel_vector(ctx, c, x, "Add" if op == "bias" else "Mul")
+    if vec is None:
+        return ctx.emit(op, [x], {"value" if op == "bias" else "factor": scalar})
+    return _per_channel(ctx, x, vec, op)
+
+
+def _per_channel(ctx: Ctx, x: str, vec: np.ndarray, op: str) -> str:
+    """``scale``/``bias`` by a per-channel vector [C] along axis 1."""
+    const = ctx.builder.const(f"{ctx.loc}.{op}", Kind.F32, vec.astype(np.float32).reshape(-1))
+    return ctx.emit(op, [x, const], {"axis": 1})
+
+
+def _split_binary(ctx: Ctx) -> tuple[str, np.ndarray]:
+    """(value operand, constant) of a binary elementwise op with one constant side."""
+    a, b = ctx.inputs()[:2]
+    if ctx.is_const(a) and not ctx.is_const(b):
+        return ctx.value(b), ctx.consts[a]
+    if ctx.is_const(b) and not ctx.is_const(a):
+        return ctx.value(a), ctx.consts[b]
+    raise ctx.fail(
+        "only elementwise ops with one constant operand are supported (no residual "
+        "connections or tensor-tensor products)"
+    )
+
+
+def conv_add(ctx: Ctx) -> None:
+    """Add(x, c) → bias."""
+    x, c = _split_binary(ctx)
+    ctx.bind(0, _affine(ctx, x, c, "bias"))
+
+
+def conv_sub(ctx: Ctx) -> None:
+    """Sub(x, c) → bias(−c)."""
+    a, b = ctx.inputs()[:2]
+    if ctx.is_const(a):
+        raise ctx.fail("Sub with a constant minuend (c − x) is not supported; use x − c")
+    ctx.bind(0, _affine(ctx, ctx.value(a), -ctx.const(b, "subtrahend"), "bias"))
+
+
+def conv_mul(ctx: Ctx) -> None:
+    """Mul(x, c) → scale."""
+    x, c = _split_binary(ctx)
+    ctx.bind(0, _affine(ctx, x, c, "scale"))
+
+
+def conv_div(ctx: Ctx) -> None:
+    """Div(x, c) → scale(1/c)."""
+    a, b = ctx.inputs()[:2]
+    if ctx.is_const(a):
+        raise ctx.fail("Div with a constant dividend (c / x) is not supported")
+    c = ctx.const(b, "divisor").astype(np.float64)
+    ctx.bind(0, _affine(ctx, ctx.value(a), (1.0 / c).astype(np.float32), "scale"))
+
+
+def conv_identity(ctx: Ctx) -> None:
+    """Identity and inference-mode Dropout are removed."""
+    assert ctx.node is not None
+    if len(ctx.node.output) > 1 and ctx.node.output[1]:
+        raise ctx.fail("the Dropout mask output is used; export the model in eval mode")
+    ctx.bind(0, ctx.value(ctx.inputs()[0]))
+
+
+def conv_relu(ctx: Ctx) -> None:
+    """Relu → relu."""
+    ctx.bind(0, ctx.emit("relu", [ctx.value(ctx.inputs()[0])]))
+
+
+def _same_pads(ctx: Ctx, x: str, k: list[int], s: list[int], d: list[int]) -> list[int]:
+    mode = ctx.attr("auto_pad", b"NOTSET")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode in ("NOTSET", ""):
+        pads = list(ctx.attr("pads", [0, 0, 0, 0]))
+        if len(pads) != 4:
+            raise ctx.fail(f"expected 4 pads for a 2-D window, got {pads}")
+        return pads
+    if mode == "VALID":
+        return [0, 0, 0, 0]
+    hw = ctx.type_of(x).shape[2:]
+    begin, end = [], []
+    for size, kk, ss, dd in zip(hw, k, s, d, strict=True):
+        assert size is not None
+        total = max((-(-size // ss) - 1) * ss + (kk - 1) * dd + 1 - size, 0)
+        small, big = total // 2, total - total // 2
+        begin.append(small if mode == "SAME_UPPER" else big)
+        end.append(big if mode == "SAME_UPPER" else small)
+    return [begin[0], begin[1], end[0], end[1]]
+
+
+def _need_4d(ctx: Ctx, x: str) -> None:
+    t = ctx.type_of(x)
+    if t.rank != 4:
+        raise ctx.fail(f"only 2-D (NCHW) inputs are supported, got {t}")
+
+
+def conv_conv(ctx: Ctx) -> None:
+    """Conv (group 1, 2-D) → conv2d [+ scale α] [+ bias]."""
+    ins = ctx.inputs()
+    x = ctx.value(ins[0])
+    _need_4d(ctx, x)
+    w = ctx.const(ins[1], "weight").astype(np.float32)
+    group = int(ctx.attr("group", 1))
+    if group != 1:
+        kind = "depthwise" if group == w.shape[0] else "grouped"
+        raise ctx.fail(
+            f"{kind} convolution (group={group}) is not supported: a crossbar layer maps a "
+            "dense K×N matrix; replace it with a group=1 convolution"
+        )
+    k = [int(v) for v in w.shape[2:]]
+    s = list(ctx.attr("strides", [1, 1]))
+    d = list(ctx.attr("dilations", [1, 1]))
+    attrs = {"stride": tuple(s), "dilation": tuple(d), "pad": tuple(_same_pads(ctx, x, k, s, d))}
+    y = _weighted(ctx, "conv2d", x, w, ins[1], attrs)
+    if len(ins) > 2 and ins[2]:
+        y = _per_channel(ctx, y, ctx.const(ins[2], "bias"), "bias")
+    ctx.bind(0, y)
+
+
+def conv_gemm(ctx: Ctx) -> None:
+    """Gemm(A, B, C) with constant B → dense [+ scale] [+ bias]."""
+    ins = ctx.inputs()
+    if int(ctx.attr("transA", 0)):
+        raise ctx.fail("Gemm with transA=1 is not supported")
+    x = ctx.value(ins[0])
+    b = ctx.const(ins[1], "weight B").astype(np.float32)
+    w = b if int(ctx.attr("transB", 0)) else b.T
+    alpha, beta = float(ctx.attr("alpha", 1.0)), float(ctx.attr("beta", 1.0))
+    y = _weighted(ctx, "dense", x, np.ascontiguousarray(w), ins[1], {})
+    if alpha != 1.0:
+        y = ctx.emit("scale", [y], {"factor": alpha})
+    if len(ins) > 2 and ins[2]:
+        y = _affine(ctx, y, beta * ctx.const(ins[2], "bias C"), "bias")
+    ctx.bind(0, y)
+
+
+def conv_matmul(ctx: Ctx) -> None:
+    """MatMul(A [N,in], B [in,out] constant) → dense with W = Bᵀ."""
+    ins = ctx.inputs()
+    x = ctx.value(ins[0])
+    if ctx.type_of(x).rank != 2:
+        raise ctx.fail(f"MatMul is supported on 2-D inputs only, got {ctx.type_of(x)}")
+    b = ctx.const(ins[1], "weight B").astype(np.float32)
+    if b.ndim != 2:
+        raise ctx.fail(f"MatMul weight must be 2-D, got shape {list(b.shape)}")
+    ctx.bind(0, _weighted(ctx, "dense", x, np.ascontiguousarray(b.T), ins[1], {}))
+
+
+def conv_batchnorm(ctx: Ctx) -> None:
+    """BatchNormalization (inference) → scale(γ/√(σ²+ε)) → bias(β − μ·s)."""
+    assert ctx.node is not None
+    if int(ctx.attr("training_mode", 0)) or len([o for o in ctx.node.output if o]) > 1:
+        raise ctx.fail("BatchNormalization in training mode; export the model in eval mode")
+    ins = ctx.inputs()
+    x = ctx.value(ins[0])
+    gamma, beta, mean, var = (
+        ctx.const(n, "BatchNormalization parameter").astype(np.float64) for n in ins[1:5]
+    )
+    s = gamma / np.sqrt(var + float(ctx.attr("epsilon", 1e-5)))
+    y = _per_channel(ctx, x, s, "scale")
+    ctx.bind(0, _per_channel(ctx, y, beta - mean * s, "bias"))
+
+
+def _pool_attrs(ctx: Ctx, x: str, dilated: bool) -> dict[str, Any]:
+    k = list(ctx.attr("kernel_shape", []))
+    if len(k) != 2:
+        raise ctx.fail(f"only 2-D pooling is supported, kernel_shape={k}")
+    s = list(ctx.attr("strides", [1, 1]))
+    d = list(ctx.attr("dilations", [1, 1]))
+    if not dilated and d != [1, 1]:
+        raise ctx.fail(f"dilated average pooling (dilations={d}) is not supported")
+    attrs: dict[str, Any] = {
+        "kernel": tuple(k),
+        "stride": tuple(s),
+        "pad": tuple(_same_pads(ctx, x, k, s, d)),
+        "ceil_mode": bool(ctx.attr("ceil_mode", 0)),
+    }
+    if dilated:
+        attrs["dilation"] = tuple(d)
+    return attrs
+
+
+def conv_avgpool(ctx: Ctx) -> None:
+    """AveragePool → avgpool."""
+    x = ctx.value(ctx.inputs()[0])
+    _need_4d(ctx, x)
+    attrs = _pool_attrs(ctx, x, dilated=False)
+    attrs["count_include_pad"] = bool(ctx.attr("count_include_pad", 0))
+    ctx.bind(0, ctx.emit("avgpool", [x], attrs))
+
+
+def conv_maxpool(ctx: Ctx) -> None:
+    """MaxPool → maxpool (the Indices output must be unused)."""
+    assert ctx.node is not None
+    if len(ctx.node.output) > 1 and ctx.node.output[1]:
+        raise ctx.fail("MaxPool's Indices output is not supported")
+    x = ctx.value(ctx.inputs()[0])
+    _need_4d(ctx, x)
+    ctx.bind(0, ctx.emit("maxpool", [x], _pool_attrs(ctx, x, dilated=True)))
+
+
+def conv_global_avgpool(ctx: Ctx) -> None:
+    """GlobalAveragePool → global_avgpool."""
+    x = ctx.value(ctx.inputs()[0])
+    _need_4d(ctx, x)
+    ctx.bind(0, ctx.emit("global_avgpool", [x]))
+
+
+def conv_flatten(ctx: Ctx) -> None:
+    """Flatten(axis=1) → flatten."""
+    x = ctx.value(ctx.inputs()[0])
+    rank = ctx.type_of(x).rank
+    axis = int(ctx.attr("axis", 1))
+    if axis not in (1, 1 - rank) and not (rank == 1 + 0 and axis == 0):
+        raise ctx.fail(f"Flatten with axis={axis} is not supported (only axis=1 keeps the batch)")
+    ctx.bind(0, ctx.emit("flatten", [x]))
+
+
+def conv_reshape(ctx: Ctx) -> None:
+    """Reshape that keeps the batch axis → flatten (2-D target) or reshape."""
+    ins = ctx.inputs()
+    x = ctx.value(ins[0])
+    xt = ctx.type_of(x)
+    per_sample = xt.numel_per_sample()
+    if ctx.is_const(ins[1]):
+        target = [int(v) for v in ctx.consts[ins[1]].reshape(-1)]
+        rest = _reshape_rest(ctx, target, per_sample)
+    else:
+        assert ctx.node is not None
+        inferred = ctx.shapes.get(ctx.node.output[0])
+        if inferred is None or len(inferred) != 2:
+            raise ctx.fail(
+                "Reshape with a shape computed at run time is supported only when ONNX "
+                "shape inference shows a 2-D result [batch, features]"
+            )
+        rest = [per_sample]
+    if len(rest) == 1:
+        ctx.bind(0, ctx.emit("flatten", [x]))
+    else:
+        ctx.bind(0, ctx.emit("reshape", [x], {"shape": tuple(rest)}))
+
+
+def _reshape_rest(ctx: Ctx, target: list[int], per_sample: int) -> list[int]:
+    """Per-sample dims of a Reshape target whose first entry is the batch: 0 (copy), −1, the
+    symbolic batch of a computed shape, or the model's fixed batch size."""
+    if not target or target[0] not in (0, -1, BATCH, *ctx.fixed_batch):
+        raise ctx.fail(f"Reshape target {target} does not keep the batch axis first")
+    rest = target[1:]
+    if rest.count(-1) > 1 or 0 in rest or BATCH in rest or min(rest, default=1) < -1:
+        raise ctx.fail(f"Reshape target {target} is not supported (it must keep the batch axis)")
+    known = int(np.prod([d for d in rest if d != -1])) if rest else 1
+    if -1 in rest:
+        rest = [per_sample // known if d == -1 else d for d in rest]
+    if int(np.prod(rest)) != per_sample:
+        raise ctx.fail(
+            f"Reshape target {target} mixes the batch axis with features ({per_sample} per "
+            "sample); only reshapes that keep the batch axis are supported"
+        )
+    return rest
+
+
+def conv_reducemean(ctx: Ctx) -> None:
+    """ReduceMean over H and W (how exporters write adaptive average pooling to 1×1)."""
+    ins = ctx.inputs()
+    x = ctx.value(ins[0])
+    rank = ctx.type_of(x).rank
+    axes = ctx.attr("axes", None)
+    if len(ins) > 1 and ins[1]:
+        axes = [int(a) for a in ctx.const(ins[1], "axes").reshape(-1)]
+    if axes is None or sorted(a % rank for a in axes) != [2, 3] or rank != 4:
+        raise ctx.fail(f"ReduceMean is supported only over axes [2, 3] of a 4-D tensor, got {axes}")
+    y = ctx.emit("global_avgpool", [x])
+    ctx.bind(0, y if int(ctx.attr("keepdims", 1)) else ctx.emit("flatten", [y]))
+
+
+CONVERTERS: dict[str, Converter] = {
+    "Add": conv_add,
+    "AveragePool": conv_avgpool,
+    "BatchNormalization": conv_batchnorm,
+    "Conv": conv_conv,
+    "Div": conv_div,
+    "Dropout": conv_identity,
+    "Flatten": conv_flatten,
+    "Gemm": conv_gemm,
+    "GlobalAveragePool": conv_global_avgpool,
+    "Identity": conv_identity,
+    "MatMul": conv_matmul,
+    "MaxPool": conv_maxpool,
+    "Mul": conv_mul,
+    "Relu": conv_relu,
+    "ReduceMean": conv_reducemean,
+    "Reshape": conv_reshape,
+    "Sub": conv_sub,
+}

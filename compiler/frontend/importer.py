@@ -1,0 +1,204 @@
+"""ONNX → IR import: one input, constant folding, then one converter per node.
+
+Nodes whose inputs are all constants (Constant, Sign·α weight patterns, Reshape shapes, ...)
+are evaluated at import time with onnx's reference evaluator, so weights computed in the graph
+(``sign(W) · mean|W|``) arrive at Conv/Gemm as plain constants and binary detection applies.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from bsnnc.compiler.frontend.context import BATCH, Ctx, node_label
+from bsnnc.compiler.frontend.converters import CONVERTERS
+from bsnnc.compiler.frontend.loader import LoadedModel, initializer_arrays, load_onnx
+from bsnnc.ir.builder import GraphBuilder
+from bsnnc.ir.errors import BsnncError, OnnxImportError
+from bsnnc.ir.graph import Graph
+from bsnnc.ir.types import Kind, TensorType
+from bsnnc.ir.verifier import verify
+
+MIN_OPSET = 13
+#: ops that are never folded even when their inputs are constant (they carry no run-time data).
+_NO_FOLD = {"Dropout", "Identity"}
+
+
+def supported_ops() -> list[str]:
+    """ONNX op types the front end converts (plus any op on constants only, which is folded)."""
+    return sorted([*CONVERTERS, "Constant"])
+
+
+def import_onnx(path: str | os.PathLike[str], input_shape: Sequence[int] | None = None) -> Graph:
+    """Load ``path`` and convert it to a verified IR graph (ANN form)."""
+    loaded = load_onnx(path)
+    if loaded.opset < MIN_OPSET:
+        raise OnnxImportError(
+            f"{loaded.path}: opset {loaded.opset} is too old; "
+            f"export with opset {MIN_OPSET} or later"
+        )
+    return convert_model(loaded, input_shape)
+
+
+def convert_model(loaded: LoadedModel, input_shape: Sequence[int] | None = None) -> Graph:
+    """Convert a loaded model (see :func:`import_onnx`)."""
+    model = loaded.model
+    name = loaded.path.stem or model.graph.name or "model"
+    ctx = Ctx(GraphBuilder(name), loaded.shapes)
+    ctx.consts = initializer_arrays(model)
+    _declare_input(ctx, model.graph, input_shape, loaded)
+    for node in model.graph.node:
+        _convert_node(ctx, node, model)
+    outputs = [_output(ctx, o.name) for o in model.graph.output]
+    graph = ctx.builder.finish(outputs)
+    verify(graph)
+    return graph
+
+
+def _declare_input(
+    ctx: Ctx, g: onnx.GraphProto, shape: Sequence[int] | None, lm: LoadedModel
+) -> None:
+    inits = {t.name for t in g.initializer}
+    real = [i for i in g.input if i.name not in inits]
+    if len(real) != 1:
+        names = ", ".join(f"'{i.name}'" for i in real) or "none"
+        raise OnnxImportError(
+            f"{lm.path}: the graph must have exactly one input (an image batch); it has "
+            f"{len(real)}: {names}"
+        )
+    vi = real[0]
+    tt = vi.type.tensor_type
+    if tt.elem_type != onnx.TensorProto.FLOAT:
+        dtype = onnx.TensorProto.DataType.Name(tt.elem_type)
+        raise OnnxImportError(
+            f"{lm.path}: input '{vi.name}' is {dtype}; only float32 inputs are supported"
+        )
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    dims = _resolve_dims(vi.name, dims, shape, lm)
+    if dims[0]:
+        ctx.fixed_batch = (int(dims[0]),)
+    ctx.env[vi.name] = ctx.builder.input(vi.name, TensorType(Kind.F32, (None, *dims[1:])))
+
+
+def _resolve_dims(
+    name: str, dims: list[int | None], given: Sequence[int] | None, lm: LoadedModel
+) -> list[int | None]:
+    if given is not None:
+        given = list(given)
+        if len(given) == len(dims) - 1:
+            given = [0, *given]
+        if len(given) != len(dims):
+            raise OnnxImportError(
+                f"{lm.path}: --input-shape {list(given)} does not fit input '{name}' "
+                f"of rank {len(dims)}"
+            )
+        for i, (d, g) in enumerate(zip(dims, given, strict=True)):
+            if i > 0 and d is not None and d != g:
+                raise OnnxImportError(
+                    f"{lm.path}: --input-shape gives {g} for dimension {i} of '{name}', "
+                    f"the model says {d}"
+                )
+        dims = [dims[0], *given[1:]]
+    dynamic = [i for i, d in enumerate(dims) if i > 0 and (d is None or d <= 0)]
+    if dynamic:
+        raise OnnxImportError(
+            f"{lm.path}: input '{name}' has dynamic dimension(s) {dynamic} (only the batch "
+            "dimension may be dynamic); pass the per-sample shape, e.g. --input-shape 3,32,32"
+        )
+    return dims
+
+
+def _convert_node(ctx: Ctx, node: onnx.NodeProto, model: onnx.ModelProto) -> None:
+    ctx.node = node
+    if node.domain not in ("", "ai.onnx"):
+        raise OnnxImportError(f"{node_label(node)}: custom domain '{node.domain}' is not supported")
+    if node.op_type == "Shape" and node.input[0] in ctx.env:
+        _shape_of_value(ctx, node)
+        node = _renamed_input(node, 0, node.input[0] + "#shape")
+        ctx.consts[node.output[0]] = ctx.consts[node.input[0]]
+        return
+    if node.op_type == "CastLike" and ctx.is_const(node.input[0]) and node.input[1] in ctx.env:
+        # only the dtype of the second input matters, and every run-time tensor is float32
+        ctx.consts[node.output[0]] = ctx.consts[node.input[0]].astype(np.float32)
+        return
+    if _foldable(ctx, node):
+        _fold(ctx, node, model)
+        return
+    conv = CONVERTERS.get(node.op_type)
+    if conv is None:
+        raise OnnxImportError(
+            f"{node_label(node)}: op {node.op_type} is not supported on run-time tensors; "
+            f"supported ops: {', '.join(supported_ops())}"
+        )
+    try:
+        conv(ctx)
+    except BsnncError as e:
+        if isinstance(e, OnnxImportError):
+            raise
+        raise OnnxImportError(f"{node_label(node)}: {e.message}") from None
+
+
+def _foldable(ctx: Ctx, node: onnx.NodeProto) -> bool:
+    if node.op_type in _NO_FOLD:
+        return False
+    return all(i == "" or ctx.is_const(i) for i in node.input)
+
+
+def _renamed_input(node: onnx.NodeProto, index: int, name: str) -> onnx.NodeProto:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    copy.input[index] = name
+    return copy
+
+
+def _shape_of_value(ctx: Ctx, node: onnx.NodeProto) -> None:
+    """Shape of a run-time tensor: static dims are known; the batch dimension becomes
+    :data:`BATCH`, a sentinel that Reshape recognises as "keep the batch axis"."""
+    dims = [BATCH if d is None else int(d) for d in ctx.type_of(ctx.env[node.input[0]]).shape]
+    start, end = int(ctx.attr("start", 0)), ctx.attr("end", None)
+    ctx.consts[node.input[0] + "#shape"] = np.array(dims[start:end], dtype=np.int64)
+
+
+def _fold(ctx: Ctx, node: onnx.NodeProto, model: onnx.ModelProto) -> None:
+    """Evaluate a node on constant inputs with onnx's reference evaluator."""
+    feeds = {i: ctx.consts[i] for i in node.input if i}
+    graph = helper.make_graph(
+        [node],
+        "fold",
+        [
+            helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+            for i, v in feeds.items()
+        ],
+        [
+            helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
+            for o in node.output
+            if o
+        ],
+    )
+    mini = helper.make_model(
+        graph, opset_imports=list(model.opset_import), ir_version=model.ir_version
+    )
+    try:
+        results = ReferenceEvaluator(mini).run(None, feeds)
+    except Exception as e:  # the reference evaluator raises many types
+        raise OnnxImportError(
+            f"{node_label(node)}: cannot evaluate on constant inputs: {e}"
+        ) from None
+    for out, value in zip([o for o in node.output if o], results, strict=True):
+        ctx.consts[out] = np.asarray(value)
+
+
+def _output(ctx: Ctx, name: str) -> str:
+    if name in ctx.env:
+        return ctx.env[name]
+    raise OnnxImportError(f"graph output '{name}' is a constant or is never computed")
+
+
+def constant_tensor(t: onnx.TensorProto) -> np.ndarray:
+    """numpy value of a TensorProto."""
+    return numpy_helper.to_array(t)

@@ -1,0 +1,110 @@
+"""The IR verifier: every invariant a pass may rely on.
+
+Checks, in order: the graph has at least one ``input`` and one output; names are unique;
+every op is in the op table with the right operand slots (``%`` values vs ``@`` constants);
+attributes match their schema; every operand is defined *above* its use (so the node order is
+a topological order and the graph is acyclic); each node's declared type equals the type its
+op infers; constants' data (when loaded) match their declared type and content hash.
+"""
+
+from __future__ import annotations
+
+from bsnnc.ir.errors import VerifyError
+from bsnnc.ir.graph import Constant, Graph, Node, digest_array
+from bsnnc.ir.ops import OPS, OpDef, normalize_attrs
+from bsnnc.ir.types import STORAGE_DTYPE, TensorType
+
+
+def verify(g: Graph, *, check_data: bool = True) -> None:
+    """Raise :class:`VerifyError` naming the first broken invariant and its node."""
+    _verify_constants(g, check_data)
+    defined: dict[str, TensorType] = {}
+    for n in g.nodes:
+        if n.result in defined:
+            raise VerifyError(f"{n.where()}: value %{n.result} defined twice")
+        defined[n.result] = _verify_node(g, n, defined)
+    if not g.inputs():
+        raise VerifyError(f"graph @{g.name} has no input")
+    if not g.outputs:
+        raise VerifyError(f"graph @{g.name} returns nothing")
+    for o in g.outputs:
+        if o not in defined:
+            raise VerifyError(f"graph @{g.name} returns %{o}, which is not defined")
+
+
+def _verify_constants(g: Graph, check_data: bool) -> None:
+    for name, c in g.constants.items():
+        if name != c.name:
+            raise VerifyError(f"constant key {name!r} holds @{c.name}")
+        if check_data and c.data is not None:
+            _verify_constant_data(c)
+
+
+def _verify_constant_data(c: Constant) -> None:
+    data = c.array()
+    if tuple(data.shape) != c.type.shape or data.dtype != STORAGE_DTYPE[c.type.kind]:
+        raise VerifyError(
+            f"constant @{c.name}: data is {data.dtype}{list(data.shape)}, declared {c.type}"
+        )
+    actual = digest_array(c.type.kind, data)
+    if actual != c.digest:
+        raise VerifyError(
+            f"constant @{c.name}: content hash #{actual} does not match the declared #{c.digest}"
+            " (the weights file does not belong to this IR)"
+        )
+
+
+def _verify_node(g: Graph, n: Node, defined: dict[str, TensorType]) -> TensorType:
+    op = OPS.get(n.op)
+    if op is None:
+        raise VerifyError(f"{n.where()}: unknown op (known: {', '.join(sorted(OPS))})")
+    _verify_attrs(n, op)
+    types = _operand_types(g, n, op, defined)
+    if op.infer is None:
+        if n.operands:
+            raise VerifyError(f"{n.where()}: takes no operands")
+        return n.type
+    try:
+        inferred = op.infer(types, n.attrs)
+    except VerifyError as e:
+        raise VerifyError(f"{n.where()}: {e.message}") from None
+    if inferred != n.type:
+        raise VerifyError(f"{n.where()}: declared type {n.type}, but the op infers {inferred}")
+    return n.type
+
+
+def _verify_attrs(n: Node, op: OpDef) -> None:
+    unknown = sorted(set(n.attrs) - set(op.attrs))
+    if unknown:
+        raise VerifyError(f"{n.where()}: unknown attribute(s) {', '.join(unknown)}")
+    if normalize_attrs(op, n.attrs) != n.attrs:
+        raise VerifyError(f"{n.where()}: attributes are not normalized (missing defaults?)")
+
+
+def _operand_types(
+    g: Graph, n: Node, op: OpDef, defined: dict[str, TensorType]
+) -> list[TensorType]:
+    slots = op.operands
+    required = sum(1 for s in slots if not s.endswith("?"))
+    if not required <= len(n.operands) <= len(slots):
+        raise VerifyError(f"{n.where()}: expects {_arity(slots)} operands, got {len(n.operands)}")
+    types: list[TensorType] = []
+    for slot, operand in zip(slots, n.operands, strict=False):
+        want_const = slot.startswith("const")
+        if operand.startswith("@") != want_const:
+            kind = "a constant @name" if want_const else "a value %name"
+            raise VerifyError(f"{n.where()}: operand {operand} must be {kind}")
+        if want_const:
+            if operand[1:] not in g.constants:
+                raise VerifyError(f"{n.where()}: constant {operand} is not declared")
+            types.append(g.constants[operand[1:]].type)
+        else:
+            if operand[1:] not in defined:
+                raise VerifyError(f"{n.where()}: {operand} is used before it is defined")
+            types.append(defined[operand[1:]])
+    return types
+
+
+def _arity(slots: tuple[str, ...]) -> str:
+    required = sum(1 for s in slots if not s.endswith("?"))
+    return str(required) if required == len(slots) else f"{required}..{len(slots)}"

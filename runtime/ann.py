@@ -1,0 +1,126 @@
+"""The numpy ANN reference: executes an IR graph as the original (non-spiking) network.
+
+Each op has one function here (dispatch table ``ANN_KERNELS``); values are float32, except
+that ``i32`` values of exact integer products are kept as float32 too (exact below 2^24).
+Intermediate values are freed after their last use, so memory stays near the two largest
+activations of the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from bsnnc.ir.errors import BsnncError
+from bsnnc.ir.graph import Attrs, Graph, Node, attr_float, attr_int, attr_ints
+from bsnnc.runtime import kernels as K
+
+Kernel = Callable[[list[np.ndarray], Attrs], np.ndarray]
+
+
+def _pair(a: Attrs, key: str) -> tuple[int, int]:
+    v = attr_ints(a, key)
+    return v[0], v[1]
+
+
+def _pads(a: Attrs) -> K.Pads:
+    v = attr_ints(a, "pad")
+    return v[0], v[1], v[2], v[3]
+
+
+def _affine(xs: list[np.ndarray], a: Attrs, key: str, add: bool) -> np.ndarray:
+    """``x + p`` or ``x · p`` with a per-tensor attribute or a per-channel constant ``p``."""
+    x = xs[0].astype(np.float32, copy=False)
+    if len(xs) > 1:
+        p = K.channel_broadcast(xs[1].astype(np.float32), x.ndim, attr_int(a, "axis"))
+    else:
+        p = np.full((), attr_float(a, key), dtype=np.float32)
+    return np.asarray((x + p) if add else (x * p), dtype=np.float32)
+
+
+ANN_KERNELS: dict[str, Kernel] = {
+    "conv2d": lambda xs, a: K.conv2d(
+        xs[0].astype(np.float32, copy=False),
+        xs[1].astype(np.float32),
+        _pair(a, "stride"),
+        _pads(a),
+        _pair(a, "dilation"),
+    ),
+    "dense": lambda xs, a: K.dense(xs[0].astype(np.float32, copy=False), xs[1].astype(np.float32)),
+    "avgpool": lambda xs, a: K.avgpool(
+        xs[0],
+        _pair(a, "kernel"),
+        _pair(a, "stride"),
+        _pads(a),
+        bool(a["ceil_mode"]),
+        bool(a["count_include_pad"]),
+    ),
+    "maxpool": lambda xs, a: K.maxpool(
+        xs[0],
+        _pair(a, "kernel"),
+        _pair(a, "stride"),
+        _pads(a),
+        _pair(a, "dilation"),
+        bool(a["ceil_mode"]),
+    ),
+    "global_avgpool": lambda xs, a: K.global_avgpool(xs[0]),
+    "flatten": lambda xs, a: xs[0].reshape(xs[0].shape[0], -1),
+    "reshape": lambda xs, a: xs[0].reshape(xs[0].shape[0], *attr_ints(a, "shape")),
+    "relu": lambda xs, a: np.maximum(xs[0], 0).astype(xs[0].dtype, copy=False),
+    "scale": lambda xs, a: _affine(xs, a, "factor", add=False),
+    "bias": lambda xs, a: _affine(xs, a, "value", add=True),
+    # In the ANN reading an IF neuron is its rate limit, clip(x/θ, 0, 1)·θ ≈ relu; the ANN
+    # reference is only defined before conversion, so spiking ops are rejected below.
+}
+
+
+def _last_uses(g: Graph) -> dict[int, list[str]]:
+    """Node index → the values whose last reader it is (graph outputs are never freed)."""
+    last: dict[str, int] = {}
+    for i, n in enumerate(g.nodes):
+        for v in n.value_operands():
+            last[v] = i
+    out: dict[int, list[str]] = {}
+    for v, i in last.items():
+        if v not in g.outputs:
+            out.setdefault(i, []).append(v)
+    return out
+
+
+def _operands(g: Graph, n: Node, env: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return [env[o[1:]] if o.startswith("%") else g.constants[o[1:]].array() for o in n.operands]
+
+
+def run_ann(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Run ``g`` on the batch ``x`` (fed to its single input); returns output name → array."""
+    inputs = g.inputs()
+    if len(inputs) != 1:
+        raise BsnncError(f"the ANN reference needs exactly one input, graph has {len(inputs)}")
+    expected = inputs[0].type.shape[1:]
+    if tuple(x.shape[1:]) != expected:
+        raise BsnncError(
+            f"input batch has per-sample shape {list(x.shape[1:])}, "
+            f"the model expects {list(expected)}"
+        )
+    env: dict[str, np.ndarray] = {inputs[0].result: np.ascontiguousarray(x, dtype=np.float32)}
+    frees = _last_uses(g)
+    for i, n in enumerate(g.nodes):
+        if n.op == "input":
+            continue
+        kernel = ANN_KERNELS.get(n.op)
+        if kernel is None:
+            raise BsnncError(
+                f"{n.where()}: op '{n.op}' has no ANN reference kernel "
+                "(spiking ops run in the SNN runtime)"
+            )
+        env[n.result] = kernel(_operands(g, n, env), n.attrs)
+        for v in frees.get(i, []):
+            env.pop(v, None)
+    return {o: env[o] for o in g.outputs}
+
+
+def run_ann_batched(g: Graph, x: np.ndarray, batch: int = 64) -> Iterator[dict[str, np.ndarray]]:
+    """:func:`run_ann` over ``x`` in chunks of ``batch`` images."""
+    for start in range(0, x.shape[0], batch):
+        yield run_ann(g, x[start : start + batch])

@@ -1,0 +1,136 @@
+"""numpy reference kernels (float32, NCHW). These define the semantics of the IR ops.
+
+conv2d (cross-correlation, group 1)::
+
+    y[n,o,i,j] = Σ_{c,u,v} x_pad[n, c, i·s_h + u·d_h, j·s_w + v·d_w] · w[o,c,u,v]
+
+computed as one matrix product over im2col patches. Pools use the same window geometry
+(``bsnnc.ir.ops.window_out``); positions past the padded input that ``ceil_mode`` adds never
+count, and ``count_include_pad`` decides whether explicit pads count in an average.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from bsnnc.ir.ops import window_out
+
+Pads = tuple[int, int, int, int]
+
+
+def _out_hw(
+    x: np.ndarray, k: tuple[int, int], s: tuple[int, int], d: tuple[int, int], pad: Pads, ceil: bool
+) -> tuple[int, int]:
+    oh = window_out(x.shape[2], k[0], s[0], d[0], pad[0], pad[2], ceil)
+    ow = window_out(x.shape[3], k[1], s[1], d[1], pad[1], pad[3], ceil)
+    return oh, ow
+
+
+def _pad_to(x: np.ndarray, pad: Pads, need_h: int, need_w: int, fill: float) -> np.ndarray:
+    """Pad with ``fill``: explicit pads before, and after up to ``need_h × need_w`` in total."""
+    after_h = max(need_h - x.shape[2] - pad[0], pad[2])
+    after_w = max(need_w - x.shape[3] - pad[1], pad[3])
+    widths = ((0, 0), (0, 0), (pad[0], after_h), (pad[1], after_w))
+    return np.pad(x, widths, constant_values=fill) if any(sum(p) for p in widths) else x
+
+
+def _windows(
+    xp: np.ndarray, k: tuple[int, int], s: tuple[int, int], d: tuple[int, int], oh: int, ow: int
+) -> Iterator[np.ndarray]:
+    """Yield the strided slice of ``xp`` under each kernel offset (u, v)."""
+    for u in range(k[0]):
+        for v in range(k[1]):
+            r0, c0 = u * d[0], v * d[1]
+            yield xp[
+                :, :, r0 : r0 + s[0] * (oh - 1) + 1 : s[0], c0 : c0 + s[1] * (ow - 1) + 1 : s[1]
+            ]
+
+
+def conv2d(
+    x: np.ndarray, w: np.ndarray, stride: tuple[int, int], pad: Pads, dilation: tuple[int, int]
+) -> np.ndarray:
+    """Cross-correlation of ``x`` [N,C,H,W] with ``w`` [O,C,kh,kw] via im2col + one GEMM."""
+    kh, kw = w.shape[2], w.shape[3]
+    oh, ow = _out_hw(x, (kh, kw), stride, dilation, pad, False)
+    need_h, need_w = (
+        (oh - 1) * stride[0] + (kh - 1) * dilation[0] + 1,
+        (ow - 1) * stride[1] + (kw - 1) * dilation[1] + 1,
+    )
+    xp = _pad_to(x, pad, need_h, need_w, 0.0)
+    n, c = x.shape[0], x.shape[1]
+    cols = np.empty((n, oh, ow, c, kh * kw), dtype=np.result_type(x.dtype, w.dtype))
+    for i, win in enumerate(_windows(xp, (kh, kw), stride, dilation, oh, ow)):
+        cols[..., i] = win.transpose(0, 2, 3, 1)
+    y = cols.reshape(n * oh * ow, c * kh * kw) @ w.reshape(w.shape[0], -1).T.astype(cols.dtype)
+    return np.ascontiguousarray(y.reshape(n, oh, ow, -1).transpose(0, 3, 1, 2))
+
+
+def dense(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``y = x · Wᵀ`` with ``W`` [out, in]."""
+    return np.asarray(x @ w.T.astype(np.result_type(x.dtype, w.dtype)))
+
+
+def maxpool(
+    x: np.ndarray,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    pad: Pads,
+    dilation: tuple[int, int],
+    ceil_mode: bool,
+) -> np.ndarray:
+    """Max over each window; padding never wins (it is −∞, or 0 for 0/1 spikes)."""
+    oh, ow = _out_hw(x, kernel, stride, dilation, pad, ceil_mode)
+    need_h = (oh - 1) * stride[0] + (kernel[0] - 1) * dilation[0] + 1
+    need_w = (ow - 1) * stride[1] + (kernel[1] - 1) * dilation[1] + 1
+    fill = float(np.iinfo(x.dtype).min) if np.issubdtype(x.dtype, np.integer) else -np.inf
+    xp = _pad_to(x, pad, need_h, need_w, fill)
+    out: np.ndarray | None = None
+    for win in _windows(xp, kernel, stride, dilation, oh, ow):
+        out = win.copy() if out is None else np.maximum(out, win)
+    assert out is not None
+    return out
+
+
+def avgpool(
+    x: np.ndarray,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    pad: Pads,
+    ceil_mode: bool,
+    count_include_pad: bool,
+) -> np.ndarray:
+    """Mean over each window: Σ x / (#positions counted), see the module docstring."""
+    oh, ow = _out_hw(x, kernel, stride, (1, 1), pad, ceil_mode)
+    need_h, need_w = (oh - 1) * stride[0] + kernel[0], (ow - 1) * stride[1] + kernel[1]
+    xp = _pad_to(x.astype(np.float32, copy=False), pad, need_h, need_w, 0.0)
+    mask = np.zeros((1, 1, *xp.shape[2:]), dtype=np.float32)
+    if count_include_pad:
+        mask[:, :, : x.shape[2] + pad[0] + pad[2], : x.shape[3] + pad[1] + pad[3]] = 1.0
+    else:
+        mask[:, :, pad[0] : pad[0] + x.shape[2], pad[1] : pad[1] + x.shape[3]] = 1.0
+    total = np.zeros((x.shape[0], x.shape[1], oh, ow), dtype=np.float32)
+    count = np.zeros((1, 1, oh, ow), dtype=np.float32)
+    for win, m in zip(
+        _windows(xp, kernel, stride, (1, 1), oh, ow),
+        _windows(mask, kernel, stride, (1, 1), oh, ow),
+        strict=True,
+    ):
+        total += win
+        count += m
+    return total / count
+
+
+def global_avgpool(x: np.ndarray) -> np.ndarray:
+    """Mean over H and W, keeping them as size-1 axes."""
+    return np.asarray(
+        x.astype(np.float32, copy=False).mean(axis=(2, 3), keepdims=True), dtype=np.float32
+    )
+
+
+def channel_broadcast(p: np.ndarray, rank: int, axis: int) -> np.ndarray:
+    """Reshape a per-channel vector [C] to broadcast along ``axis`` of a rank-``rank`` tensor."""
+    shape = [1] * rank
+    shape[axis] = p.shape[0]
+    return p.reshape(shape)
