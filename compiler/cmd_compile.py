@@ -11,6 +11,7 @@ from typing import Any
 from bsnnc.compiler.console import emit_json, err, layers_table, resolve_model
 from bsnnc.compiler.frontend.importer import import_onnx
 from bsnnc.compiler.passes import PIPELINES, REGISTRY, PassManager, resolve
+from bsnnc.compiler.passes.base import DumpFn
 from bsnnc.compiler.report import layer_table
 from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Graph
@@ -74,7 +75,7 @@ def shape_arg(text: str) -> tuple[int, ...]:
     return dims
 
 
-def _dumper(args: argparse.Namespace, stages: list[str]):  # type: ignore[no-untyped-def]
+def _dumper(args: argparse.Namespace, stages: list[str]) -> DumpFn:
     after = args.dump_ir_after
     if after is not None and after != "all" and after not in stages:
         raise BsnncError(f"--dump-ir-after {after}: no such stage; stages: {', '.join(stages)}")

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 import numpy as np
+import onnx
 from rich.progress import Progress
 from rich.table import Table
 
@@ -89,11 +90,13 @@ def run(args: argparse.Namespace) -> int:
     images = _inputs(args, g)
     ref = _run_ref(g, images.x, args.batch)
     ort_out = run_onnxruntime(path, images.x, args.batch)
+    onnx_names = [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
     rows = []
-    for name, a, b in zip(g.outputs, ref, ort_out, strict=True):
+    for name, onnx_name, a, b in zip(g.outputs, onnx_names, ref, ort_out, strict=True):
         abs_err, rel_err = compare(a, b)
         row: dict[str, Any] = {
             "output": name,
+            "onnx_output": onnx_name,
             "max_abs_error": abs_err,
             "max_rel_error": rel_err,
             "ok": rel_err <= args.rtol,
@@ -135,6 +138,6 @@ def _print(rows: list[dict[str, Any]], images: Images, rtol: float) -> None:
         )
         verdict = "[green]ok[/]" if r["ok"] else f"[red]FAIL (> {rtol:g})[/]"
         t.add_row(
-            r["output"], f"{r['max_abs_error']:.3e}", f"{r['max_rel_error']:.3e}", acc, verdict
+            f"{r['onnx_output']} (%{r['output']})", f"{r['max_abs_error']:.3e}", f"{r['max_rel_error']:.3e}", acc, verdict
         )
     err.print(t)

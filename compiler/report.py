@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from bsnnc.ir.graph import Graph, Node
+from bsnnc.ir.graph import Graph, Node, attr_float
 from bsnnc.ir.types import Kind
 
 
@@ -52,7 +52,7 @@ def _alpha(g: Graph, n: Node, users: dict[str, list[Node]]) -> str:
             continue
         consts = u.const_operands()
         if not consts:
-            return f"{float(u.attrs['factor']):.6g}"  # type: ignore[arg-type]
+            return f"{attr_float(u.attrs, 'factor'):.6g}"
         data = g.constants[consts[0]].data
         if data is None:
             return "per-channel"

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bsnnc.ir.errors import VerifyError
-from bsnnc.ir.graph import Attrs, AttrValue
+from bsnnc.ir.graph import Attrs, AttrValue, attr_float, attr_int
 from bsnnc.ir.types import Dim, Kind, TensorType
 
 Infer = Callable[[Sequence[TensorType], Attrs], TensorType]
@@ -174,7 +174,7 @@ def _infer_same(kinds: Sequence[Kind], out: Kind | None = None) -> Infer:
 def _channel_param(ts: Sequence[TensorType], attrs: Attrs, what: str) -> None:
     """Check an optional per-channel constant (shape [C] along ``axis``)."""
     x = ts[0]
-    axis = int(attrs.get("axis", 1))  # type: ignore[arg-type]
+    axis = attr_int(attrs, "axis") if "axis" in attrs else 1
     if not 0 <= axis < x.rank:
         raise _fail(f"{what} axis {axis} out of range for {x}")
     if len(ts) > 1:
@@ -196,7 +196,7 @@ def _infer_affine(what: str) -> Infer:
 def _infer_if(ts: Sequence[TensorType], attrs: Attrs) -> TensorType:
     _need_kind(ts[0], (Kind.F32, Kind.I32), "if input current")
     _channel_param(ts, attrs, "if threshold")
-    if len(ts) == 1 and float(attrs["theta"]) <= 0:  # type: ignore[arg-type]
+    if attr_float(attrs, "theta") <= 0:
         raise _fail(f"if threshold must be > 0, got {attrs['theta']}")
     return ts[0].with_kind(Kind.SPIKE)
 
@@ -256,21 +256,21 @@ OPS: dict[str, OpDef] = {
         OpDef("relu", "max(x, 0)", ("value",), {}, _infer_same((Kind.F32, Kind.I32))),
         OpDef(
             "scale",
-            "y = x · factor, or x · s[c] along axis with a per-channel constant",
+            "y = x · factor [· s[c] along axis, with a per-channel constant]",
             ("value", "const?"),
             {"factor": AttrSpec("float", 1.0), "axis": _AXIS},
             _infer_affine("scale"),
         ),
         OpDef(
             "bias",
-            "y = x + value, or x + b[c] along axis with a per-channel constant",
+            "y = x + value [+ b[c] along axis, with a per-channel constant]",
             ("value", "const?"),
             {"value": AttrSpec("float", 0.0), "axis": _AXIS},
             _infer_affine("bias"),
         ),
         OpDef(
             "if",
-            "integrate-and-fire: v += z; s = v ≥ θ; reset v -= θ (subtract) or v = 0 (zero)",
+            "integrate-and-fire: v += z; s = v ≥ θ; v -= θ (subtract) or v = 0 (zero); θ = theta [· θ[c]]",
             ("value", "const?"),
             {
                 "theta": AttrSpec("float", 1.0),

@@ -180,7 +180,11 @@ class _Builder:
         kind = t.data
         if kind == "list":
             items = [self.value(c) for c in t.children if isinstance(c, Tree)]
-            return tuple(items)  # type: ignore[return-value]
+            if all(type(v) is int for v in items):
+                return tuple(int(v) for v in items)  # type: ignore[arg-type]
+            if all(type(v) in (int, float) for v in items):
+                return tuple(float(v) for v in items)  # type: ignore[arg-type]
+            return tuple(items)  # type: ignore[return-value]  # mixed: check_attr rejects it
         if kind in ("true", "false"):
             return kind == "true"
         tok = str(t.children[0])

@@ -30,12 +30,13 @@ def _pads(a: Attrs) -> K.Pads:
 
 
 def _affine(xs: list[np.ndarray], a: Attrs, key: str, add: bool) -> np.ndarray:
-    """``x + p`` or ``x · p`` with a per-tensor attribute or a per-channel constant ``p``."""
+    """``x + value [+ b[c]]`` or ``x · factor [· s[c]]``: the attribute applies per tensor,
+    the optional constant per channel along ``axis``."""
     x = xs[0].astype(np.float32, copy=False)
+    p = np.full((), attr_float(a, key), dtype=np.float32)
     if len(xs) > 1:
-        p = K.channel_broadcast(xs[1].astype(np.float32), x.ndim, attr_int(a, "axis"))
-    else:
-        p = np.full((), attr_float(a, key), dtype=np.float32)
+        c = K.channel_broadcast(xs[1].astype(np.float32), x.ndim, attr_int(a, "axis"))
+        p = (p + c) if add else (p * c)
     return np.asarray((x + p) if add else (x * p), dtype=np.float32)
 
 

@@ -1,0 +1,67 @@
+"""Shared fixtures: the ONNX zoo saved to files, fixture paths, the golden-file flag."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import onnx
+import pytest
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent
+FIXTURES = TESTS / "fixtures"
+GOLDEN = TESTS / "golden"
+sys.path.insert(0, str(TESTS))
+
+from zoo import ZOO  # noqa: E402
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite tests/golden/* from the current output (review the diff before committing)",
+    )
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    """True when golden files should be rewritten instead of compared."""
+    return bool(request.config.getoption("--update-golden"))
+
+
+@pytest.fixture(scope="session")
+def zoo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every zoo model saved as <name>.onnx in one directory."""
+    d = tmp_path_factory.mktemp("zoo")
+    for name, build in ZOO.items():
+        onnx.save(build(), d / f"{name}.onnx")
+    return d
+
+
+@pytest.fixture
+def save_model(tmp_path: Path) -> Callable[[onnx.ModelProto, str], Path]:
+    """Save an in-memory model into the test's tmp dir; returns the path."""
+
+    def save(model: onnx.ModelProto, name: str = "model.onnx") -> Path:
+        p = tmp_path / name
+        onnx.save(model, p)
+        return p
+
+    return save
+
+
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` as a module (the examples are scripts, not a package)."""
+    path = ROOT / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bsnnc_example_{name}", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
