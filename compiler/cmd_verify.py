@@ -138,6 +138,10 @@ def _print(rows: list[dict[str, Any]], images: Images, rtol: float) -> None:
         )
         verdict = "[green]ok[/]" if r["ok"] else f"[red]FAIL (> {rtol:g})[/]"
         t.add_row(
-            f"{r['onnx_output']} (%{r['output']})", f"{r['max_abs_error']:.3e}", f"{r['max_rel_error']:.3e}", acc, verdict
+            f"{r['onnx_output']} (%{r['output']})",
+            f"{r['max_abs_error']:.3e}",
+            f"{r['max_rel_error']:.3e}",
+            acc,
+            verdict,
         )
     err.print(t)

@@ -7,7 +7,6 @@ byte-identical files.
 
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 import zipfile
@@ -30,9 +29,11 @@ def write_npz(f: IO[bytes], arrays: Mapping[str, np.ndarray]) -> None:
     """Write ``arrays`` as an uncompressed .npz (readable by ``np.load``), in key order."""
     with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
         for key in sorted(arrays):
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
-            z.writestr(zipfile.ZipInfo(f"{key}.npy", FIXED_TIME), buf.getvalue())
+            info = zipfile.ZipInfo(f"{key}.npy", FIXED_TIME)
+            with z.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(
+                    member, np.ascontiguousarray(arrays[key]), allow_pickle=False
+                )
 
 
 def read_npz(f: IO[bytes] | str | os.PathLike[str]) -> dict[str, np.ndarray]:

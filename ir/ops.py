@@ -270,7 +270,8 @@ OPS: dict[str, OpDef] = {
         ),
         OpDef(
             "if",
-            "integrate-and-fire: v += z; s = v ≥ θ; v -= θ (subtract) or v = 0 (zero); θ = theta [· θ[c]]",
+            "integrate-and-fire: v += z; s = v ≥ θ; v -= θ (subtract) or v = 0 (zero); "
+            "θ = theta [· θ[c]]",
             ("value", "const?"),
             {
                 "theta": AttrSpec("float", 1.0),

@@ -18,6 +18,7 @@ import io
 import json
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -44,39 +45,59 @@ class Artifact:
     extra: dict[str, bytes] = field(default_factory=dict)
 
 
-def _members(a: Artifact) -> dict[str, bytes]:
-    buf = io.BytesIO()
-    write_npz(buf, a.graph.weights())
-    return {"graph.ir": print_graph(a.graph).encode(), "weights.npz": buf.getvalue(), **a.extra}
+class _HashingWriter(io.RawIOBase):
+    """A write-only stream that forwards to ``inner`` and keeps a sha256 and a byte count."""
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        self.inner, self.sha, self.size = inner, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        self.sha.update(view)
+        self.size += len(view)
+        self.inner.write(view)
+        return len(view)
+
+
+def _put(z: zipfile.ZipFile, name: str, fill: Callable[[IO[bytes]], None]) -> dict[str, Any]:
+    """Stream one member into the zip; returns its manifest entry (sha256, size)."""
+    info = zipfile.ZipInfo(name, FIXED_TIME)
+    info.compress_type = zipfile.ZIP_STORED if name.endswith(".npz") else zipfile.ZIP_DEFLATED
+    with z.open(info, "w", force_zip64=True) as raw:
+        w = _HashingWriter(raw)
+        fill(w)  # type: ignore[arg-type]
+    return {"sha256": w.sha.hexdigest(), "size": w.size}
 
 
 def write_artifact(path: str | os.PathLike[str], a: Artifact) -> None:
-    """Write the artifact atomically (no partial file is ever left at ``path``)."""
-    members = _members(a)
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "bsnnc_version": __version__,
-        "graph": a.graph.name,
-        **a.meta,
-        "members": {
-            k: {"sha256": hashlib.sha256(v).hexdigest(), "size": len(v)}
-            for k, v in sorted(members.items())
-        },
-    }
+    """Write the artifact atomically (no partial file is ever left at ``path``).
+
+    Members are streamed (the weights are never copied into one buffer) and hashed on the
+    way; the manifest with every checksum is written last.
+    """
+    text = print_graph(a.graph).encode()
 
     def write(f: IO[bytes]) -> None:
         with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as z:
-            z.writestr(
-                zipfile.ZipInfo(MANIFEST, FIXED_TIME),
-                json.dumps(manifest, indent=2, sort_keys=True),
-            )
-            for name in sorted(members):
-                info = zipfile.ZipInfo(name, FIXED_TIME)
-                info.compress_type = (
-                    zipfile.ZIP_STORED if name.endswith(".npz") else zipfile.ZIP_DEFLATED
-                )
-                z.writestr(info, members[name])
+            sums = {
+                "graph.ir": _put(z, "graph.ir", lambda m: m.write(text) and None),
+                "weights.npz": _put(z, "weights.npz", lambda m: write_npz(m, a.graph.weights())),
+            }
+            for name in sorted(a.extra):
+                sums[name] = _put(z, name, lambda m, b=a.extra[name]: m.write(b) and None)
+            manifest = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "bsnnc_version": __version__,
+                "graph": a.graph.name,
+                **a.meta,
+                "members": dict(sorted(sums.items())),
+            }
+            body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+            z.writestr(zipfile.ZipInfo(MANIFEST, FIXED_TIME), body)
 
     atomic_write(path, write)
 

@@ -70,8 +70,8 @@ def test_text_form_is_stable() -> None:
     text = print_graph(small_graph())
     assert text.startswith("// bsnnc IR v1\ngraph @small {\n")
     assert (
-        '  %0 = conv2d(%x, @w0) {dilation=[1,1], pad=[1,1,1,1], stride=[1,1]} : f32[?,4,6,6] loc("/conv1/Conv")\n'
-        in text
+        "  %0 = conv2d(%x, @w0) {dilation=[1,1], pad=[1,1,1,1], stride=[1,1]} : "
+        'f32[?,4,6,6] loc("/conv1/Conv")\n' in text
     )
     assert '  %3 = if(%2) {axis=1, reset="zero", theta=0.25} : spike[?,4,3,3]\n' in text
     assert text.endswith("  return %7\n}\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,7 @@ class Ctx:
     builder: GraphBuilder
     shapes: dict[str, tuple[int | str | None, ...]]
     env: dict[str, str] = field(default_factory=dict)
-    consts: dict[str, np.ndarray] = field(default_factory=dict)
+    consts: MutableMapping[str, np.ndarray] = field(default_factory=dict)
     node: onnx.NodeProto | None = None
     #: the model's batch size when its input declares a fixed one (Reshape may name it).
     fixed_batch: tuple[int, ...] = ()

@@ -23,19 +23,39 @@ Converter = Callable[[Ctx], None]
 BINARY_RTOL = 1e-5
 
 
+def _row_stats(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output channel: min, max and mean of |w| (in chunks: no full-size temporaries)."""
+    rows = w.reshape(w.shape[0], -1)
+    lo, hi, mean = (np.empty(rows.shape[0], np.float64) for _ in range(3))
+    step = max(1, (1 << 22) // max(rows.shape[1], 1))
+    for s in range(0, rows.shape[0], step):
+        a = np.abs(rows[s : s + step])
+        lo[s : s + step], hi[s : s + step] = a.min(axis=1), a.max(axis=1)
+        mean[s : s + step] = a.mean(axis=1, dtype=np.float64)
+    return lo, hi, mean
+
+
 def detect_binary(w: np.ndarray) -> tuple[np.ndarray, float | np.ndarray] | None:
-    """Signs (int8 ±1) and α (float, or per-output-channel array) if ``w = α·sign(w)``."""
-    a = np.abs(w.astype(np.float64)).reshape(w.shape[0], -1)
-    if a.shape[1] < 2 or not np.all(a > 0):
+    """Signs (int8 ±1) and α (float, or per-output-channel array) if ``w = α·sign(w)``.
+
+    ``|w|`` must lie within ``α·(1 ± 1e-5)`` everywhere, with α = mean|w| of the tensor (or of
+    each output channel); no weight may be zero.
+    """
+    if w.size // max(w.shape[0], 1) < 2:
         return None
-    signs = np.where(w > 0, 1, -1).astype(np.int8)
-    alpha = float(a.mean())
-    if np.max(np.abs(a - alpha)) <= BINARY_RTOL * alpha:
-        return signs, alpha
-    per = a.mean(axis=1)
-    if np.all(np.max(np.abs(a - per[:, None]), axis=1) <= BINARY_RTOL * per):
-        return signs, per.astype(np.float32)
-    return None
+    lo, hi, mean = _row_stats(w)
+    if not np.all(lo > 0):
+        return None
+    alpha: float | np.ndarray
+    alpha = float(mean.mean())  # every row has the same length, so this is mean|w|
+    if hi.max() > alpha * (1 + BINARY_RTOL) or lo.min() < alpha * (1 - BINARY_RTOL):
+        if np.any(hi > mean * (1 + BINARY_RTOL)) or np.any(lo < mean * (1 - BINARY_RTOL)):
+            return None
+        alpha = mean.astype(np.float32)
+    signs = (w > 0).astype(np.int8)
+    signs *= 2
+    signs -= 1
+    return signs, alpha
 
 
 def _weighted(ctx: Ctx, op: str, x: str, w: np.ndarray, wname: str, attrs: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ are evaluated at import time with onnx's reference evaluator, so weights compute
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,7 +18,7 @@ from onnx.reference import ReferenceEvaluator
 
 from bsnnc.compiler.frontend.context import BATCH, Ctx, node_label
 from bsnnc.compiler.frontend.converters import CONVERTERS
-from bsnnc.compiler.frontend.loader import LoadedModel, initializer_arrays, load_onnx
+from bsnnc.compiler.frontend.loader import Initializers, LoadedModel, load_onnx
 from bsnnc.ir.builder import GraphBuilder
 from bsnnc.ir.errors import BsnncError, OnnxImportError
 from bsnnc.ir.graph import Graph
@@ -50,10 +51,15 @@ def convert_model(loaded: LoadedModel, input_shape: Sequence[int] | None = None)
     model = loaded.model
     name = loaded.path.stem or model.graph.name or "model"
     ctx = Ctx(GraphBuilder(name), loaded.shapes)
-    ctx.consts = initializer_arrays(model)
+    ctx.consts = Initializers(model, loaded.path.parent)
     _declare_input(ctx, model.graph, input_shape, loaded)
+    uses = Counter(i for node in model.graph.node for i in node.input)
     for node in model.graph.node:
         _convert_node(ctx, node, model)
+        for i in node.input:
+            uses[i] -= 1
+            if uses[i] == 0 and i in ctx.consts:
+                del ctx.consts[i]  # free each weight once its last reader is converted
     outputs = [_output(ctx, o.name) for o in model.graph.output]
     graph = ctx.builder.finish(outputs)
     verify(graph)

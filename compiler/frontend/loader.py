@@ -8,13 +8,14 @@ inputs), so a 500 MB model is not serialized again just to infer shapes.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import external_data_helper, numpy_helper, shape_inference
+from onnx import external_data_helper, helper, numpy_helper, shape_inference
 
 from bsnnc.ir.errors import OnnxImportError
 
@@ -44,7 +45,7 @@ def load_onnx(path: str | os.PathLike[str]) -> LoadedModel:
     if not p.is_file():
         raise OnnxImportError(f"{p}: no such file")
     model = _parse(p)
-    _load_external(model, p)
+    _check_external(model, p)
     _check(model, p)
     return LoadedModel(model, p, _infer_shapes(model, p))
 
@@ -64,8 +65,11 @@ def _parse(p: Path) -> onnx.ModelProto:
     return model
 
 
-def _load_external(model: onnx.ModelProto, p: Path) -> None:
+def _check_external(model: onnx.ModelProto, p: Path) -> None:
+    """Every external-data file exists and is long enough. Initializers are read later, one
+    at a time (:class:`Initializers`); other tensors (Constant attributes) are read now."""
     base = p.parent
+    initializers = {id(t) for t in model.graph.initializer}
     for t in external_data_helper._get_all_tensors(model):
         if not external_data_helper.uses_external_data(t):
             continue
@@ -82,10 +86,13 @@ def _load_external(model: onnx.ModelProto, p: Path) -> None:
                 f"{p}: external data file {f} is truncated: initializer '{t.name}' needs bytes "
                 f"up to {need}, the file has {f.stat().st_size}"
             )
-    try:
-        external_data_helper.load_external_data_for_model(model, str(base))
-    except (OSError, ValueError) as e:
-        raise OnnxImportError(f"{p}: cannot read external data: {e}") from None
+        if id(t) not in initializers:
+            try:
+                external_data_helper.load_external_data_for_tensor(t, str(base))
+            except (OSError, ValueError) as e:
+                raise OnnxImportError(
+                    f"{p}: cannot read external data of '{t.name}': {e}"
+                ) from None
 
 
 def _check(model: onnx.ModelProto, p: Path) -> None:
@@ -109,7 +116,7 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     sg.value_info.extend(g.value_info)
     names = {i.name for i in g.input}
     for t in g.initializer:
-        if int(np.prod(t.dims)) <= _SMALL:
+        if int(np.prod(t.dims)) <= _SMALL and not external_data_helper.uses_external_data(t):
             sg.initializer.append(t)
         elif t.name not in names:
             sg.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
@@ -137,6 +144,53 @@ def _dim(d: onnx.TensorShapeProto.Dimension) -> int | str | None:
     return d.dim_param if d.HasField("dim_param") else None
 
 
-def initializer_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Initializer name → numpy array."""
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+class Initializers(MutableMapping[str, np.ndarray]):
+    """Constant tensors by ONNX name, read on first use.
+
+    External-data initializers are read straight from their file (one copy, no detour through
+    the protobuf); embedded ones are converted and their protobuf bytes released. With the
+    importer deleting each weight after its last reader, a large model's weights are never all
+    in memory at once.
+    """
+
+    def __init__(self, model: onnx.ModelProto, base: Path) -> None:
+        self._tensors = {t.name: t for t in model.graph.initializer}
+        self._values: dict[str, np.ndarray] = {}
+        self._base = base
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._values:
+            self._values[name] = self._read(self._tensors.pop(name))
+        return self._values[name]
+
+    def __setitem__(self, name: str, value: np.ndarray) -> None:
+        self._tensors.pop(name, None)
+        self._values[name] = value
+
+    def __delitem__(self, name: str) -> None:
+        if self._values.pop(name, None) is None and self._tensors.pop(name, None) is None:
+            raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._values or name in self._tensors
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self._values, *self._tensors])
+
+    def __len__(self) -> int:
+        return len(self._values) + len(self._tensors)
+
+    def _read(self, t: onnx.TensorProto) -> np.ndarray:
+        if not external_data_helper.uses_external_data(t):
+            value = numpy_helper.to_array(t)
+            t.ClearField("raw_data")
+            return value
+        info = external_data_helper.ExternalDataInfo(t)
+        dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
+        count = int(np.prod(t.dims))
+        with (self._base / info.location).open("rb") as f:
+            f.seek(int(info.offset or 0))
+            data = np.fromfile(f, dtype=dtype.newbyteorder("<"), count=count)
+        if data.size != count:
+            raise OnnxImportError(f"external data of initializer '{t.name}' is truncated")
+        return data.astype(dtype, copy=False).reshape(tuple(t.dims))

@@ -1,0 +1,681 @@
+"""Every user error: exit code 2, a message that names the place (ONNX node and op, file, IR
+line:column, artifact member) and the fix, no traceback, and no output file left behind."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from zoo import ZOO, Net
+
+from bsnnc.compiler.cli import main
+from bsnnc.compiler.frontend.importer import supported_ops
+from bsnnc.ir.io import read_npz, write_npz
+from bsnnc.ir.ops import OPS
+from bsnnc.runtime.artifact import FORMAT_VERSION, MANIFEST, read_artifact
+
+SaveModel = Callable[[onnx.ModelProto, str], Path]
+
+
+def cli(argv: Sequence[str]) -> int:
+    """Run ``bsnnc argv`` in process; the exit code (argparse exits are caught)."""
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as e:  # usage errors exit through argparse
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+
+
+def flat(text: str) -> str:
+    """``text`` without whitespace (messages may be wrapped)."""
+    return "".join(text.split())
+
+
+def fails(argv: Sequence[str], capsys: pytest.CaptureFixture[str], *fragments: str) -> str:
+    """Run a command that must fail with exit code 2 and a clean message with ``fragments``."""
+    code = cli(argv)
+    out, err = capsys.readouterr()
+    assert code == 2, f"exit {code}, expected 2; stderr:\n{err}"
+    assert "Traceback" not in err and "internal error" not in err, err
+    assert err.strip(), "no message on stderr"
+    assert not out.strip(), f"nothing belongs on stdout on error, got:\n{out}"
+    for f in fragments:
+        assert flat(f) in flat(err), f"{f!r} not in the message:\n{err}"
+    return err
+
+
+def compile_fails(
+    model: Path | str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    *fragments: str,
+    extra: Sequence[str] = (),
+) -> str:
+    """``compile MODEL -o OUT`` must fail cleanly and leave nothing in OUT's directory."""
+    outdir = tmp_path / "out"
+    outdir.mkdir(exist_ok=True)
+    out = outdir / "model.tiles"
+    err = fails(["compile", model, "-o", out, *extra], capsys, *fragments)
+    assert not out.exists()
+    assert list(outdir.iterdir()) == [], "temporary files left behind"
+    return err
+
+
+def ok(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run a command that must succeed; its stdout."""
+    code = cli(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+def node_named(model: onnx.ModelProto, op_type: str) -> str:
+    """The name of the (first) node of ``op_type``."""
+    return next(n.name for n in model.graph.node if n.op_type == op_type)
+
+
+# ---------------------------------------------------------------- ONNX front end
+
+
+@pytest.mark.parametrize("op", ["Softmax", "Sigmoid"])
+def test_unsupported_op_lists_supported_ops(
+    op: str, save_model: SaveModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    n = Net("unsupported", (1, 6, 6), seed=11)
+    n.conv(1, 4).op("Relu").op("Flatten", axis=1).gemm(4 * 36, 5)
+    n.op(op, **({"axis": 1} if op == "Softmax" else {}))
+    model = n.model()
+    err = compile_fails(save_model(model, "m.onnx"), tmp_path, capsys, node_named(model, op), op)
+    assert "not supported" in err
+    for supported in supported_ops():
+        assert supported in err
+    assert {"Conv", "Gemm", "Relu", "AveragePool"} <= set(supported_ops())
+
+
+def _grouped(cin: int, cout: int, group: int) -> onnx.ModelProto:
+    n = Net("grouped", (cin, 6, 6), seed=12)
+    w = n.init(n.weight((cout, cin // group, 3, 3), None))
+    n.op("Conv", [w], kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=group).op("Relu")
+    n.op("GlobalAveragePool").op("Flatten").gemm(cout, 3)
+    return n.model()
+
+
+@pytest.mark.parametrize(
+    ("cin", "cout", "group", "kind"),
+    [
+        (4, 8, 2, "grouped"),
+        (4, 4, 4, "depthwise"),
+        (4, 8, 4, "depthwise"),  # depthwise with channel multiplier 2: group = Cin
+        (8, 4, 4, "grouped"),  # group = Cout but 2 input channels per group: not depthwise
+    ],
+)
+def test_grouped_and_depthwise_conv(
+    cin: int,
+    cout: int,
+    group: int,
+    kind: str,
+    save_model: SaveModel,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model = _grouped(cin, cout, group)
+    compile_fails(
+        save_model(model, "g.onnx"),
+        tmp_path,
+        capsys,
+        node_named(model, "Conv"),
+        "Conv",
+        f"{kind} convolution (group={group}) is not supported",
+        "group=1",
+    )
+
+
+def _dynamic(shape: tuple[int | str, ...]) -> onnx.ModelProto:
+    n = Net("dynamic", shape, seed=13)
+    n.conv(1, 4).op("Relu").op("GlobalAveragePool").op("Flatten").gemm(4, 3)
+    return n.model()
+
+
+@pytest.mark.parametrize(
+    ("shape", "dims"), [((1, "H", "W"), "[2, 3]"), (("C", 8, 8), "[1]"), ((1, 8, "W"), "[3]")]
+)
+def test_dynamic_dims_need_input_shape(
+    shape: tuple[int | str, ...],
+    dims: str,
+    save_model: SaveModel,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = save_model(_dynamic(shape), "dyn.onnx")
+    compile_fails(path, tmp_path, capsys, str(path), "'x'", dims, "--input-shape")
+    out = tmp_path / "ok.tiles"
+    ok(["compile", path, "-o", out, "--input-shape", "1,8,8"], capsys)
+    g = read_artifact(out).graph
+    assert str(g.inputs()[0].type) == "f32[?,1,8,8]"
+
+
+def test_input_shape_that_contradicts_the_model(
+    zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = zoo_dir / "avg_before_relu.onnx"
+    compile_fails(
+        model, tmp_path, capsys, str(model), "--input-shape", extra=["--input-shape", "3,8,8"]
+    )
+    compile_fails(model, tmp_path, capsys, str(model), "rank", extra=["--input-shape", "8,8"])
+
+
+def test_dynamic_batch_is_accepted(
+    zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = onnx.load(zoo_dir / "avg_before_relu.onnx")
+    assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    ok(["compile", zoo_dir / "avg_before_relu.onnx", "-o", tmp_path / "a.tiles"], capsys)
+    assert str(read_artifact(tmp_path / "a.tiles").graph.inputs()[0].type) == "f32[?,1,8,8]"
+
+
+@pytest.mark.parametrize("command", ["compile", "verify", "inspect"])
+@pytest.mark.parametrize(("value", "fragment"), [("1,x,8", "integers"), ("1,0,8", "positive")])
+def test_bad_input_shape_syntax_is_a_usage_error(
+    command: str,
+    value: str,
+    fragment: str,
+    save_model: SaveModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """All three commands parse --input-shape alike and say what they expected (a 0 would
+    otherwise pass as a "dynamic" dimension of this spatially dynamic model)."""
+    model = save_model(_dynamic((1, "H", "W")), "dyn.onnx")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    err = fails([command, model, "--input-shape", value], capsys, "--input-shape", fragment)
+    assert "usage: bsnnc" in err
+    assert list(cwd.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("random.onnx", np.random.default_rng(0).bytes(1000)),
+        ("notes.onnx", b"hello, this is a text file and not a model\n"),
+        ("empty.onnx", b""),
+    ],
+)
+def test_not_onnx(
+    name: str, content: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    compile_fails(path, tmp_path, capsys, str(path), "not an ONNX model")
+    fails(["verify", path], capsys, str(path), "not an ONNX model")
+    fails(["inspect", path], capsys, str(path), "not an ONNX model")
+
+
+def test_truncated_onnx(zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = (zoo_dir / "vgg_small.onnx").read_bytes()
+    path = tmp_path / "half.onnx"
+    path.write_bytes(data[: len(data) // 2])
+    compile_fails(path, tmp_path, capsys, str(path), "truncated")
+
+
+def _external(model: onnx.ModelProto, tmp_path: Path) -> Path:
+    d = tmp_path / "ext"
+    d.mkdir()
+    path = d / "model.onnx"
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="w.data",
+        size_threshold=0,
+    )
+    assert (d / "w.data").stat().st_size > 0
+    return path
+
+
+def test_external_data_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The positive control for the two cases below: intact external data compiles."""
+    path = _external(ZOO["avg_before_relu"](), tmp_path)
+    ok(["compile", path, "-o", tmp_path / "a.tiles"], capsys)
+    assert read_artifact(tmp_path / "a.tiles").graph.name == "model"
+
+
+def test_missing_external_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _external(ZOO["avg_before_relu"](), tmp_path)
+    (path.parent / "w.data").unlink()
+    compile_fails(path, tmp_path, capsys, str(path), "'w.data'", "missing", "beside the model")
+
+
+def test_truncated_external_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _external(ZOO["avg_before_relu"](), tmp_path)
+    data = path.parent / "w.data"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    compile_fails(path, tmp_path, capsys, str(path), "w.data", "truncated")
+
+
+def test_two_inputs(
+    save_model: SaveModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shape = ["N", 4]
+    g = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["y"], name="sum")],
+        "two",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, shape),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, shape),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    path = save_model(model, "two.onnx")
+    compile_fails(path, tmp_path, capsys, str(path), "exactly one input", "'a'", "'b'")
+
+
+def test_residual_add(
+    save_model: SaveModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    n = Net("residual", (2, 6, 6), seed=14)
+    n.conv(2, 2).op("Relu")
+    skip = n.cur
+    n.conv(2, 2).op("Add", [skip]).op("GlobalAveragePool").op("Flatten").gemm(2, 3)
+    model = n.model()
+    compile_fails(
+        save_model(model, "res.onnx"),
+        tmp_path,
+        capsys,
+        node_named(model, "Add"),
+        "(Add)",
+        "one constant operand",
+        "residual",
+    )
+
+
+def test_nonexistent_model_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nowhere" / "model.onnx"
+    compile_fails(missing, tmp_path, capsys, str(missing), "no such file")
+    fails(["verify", missing], capsys, str(missing), "no such file")
+    fails(["inspect", missing], capsys, str(missing), "no such file")
+
+
+def test_unknown_embedded_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    compile_fails("lenet5", tmp_path, capsys, "lenet5", "no such file", "digits")
+    fails(["compile", "lenet5"], capsys, "lenet5", "digits")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_output_is_a_directory(
+    zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "existing_dir"
+    target.mkdir()
+    fails(["compile", zoo_dir / "avg_before_relu.onnx", "-o", target], capsys, str(target))
+    assert list(target.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["existing_dir"], "temporary files left"
+
+
+def test_failed_compile_keeps_an_existing_output(
+    zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "model.tiles"
+    ok(["compile", zoo_dir / "avg_before_relu.onnx", "-o", out], capsys)
+    before = out.read_bytes()
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"")
+    fails(["compile", bad, "-o", out], capsys, str(bad))
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx", "model.tiles"]
+
+
+# ---------------------------------------------------------------- compile options
+
+
+def test_json_and_dump_ir_together(
+    zoo_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    model = zoo_dir / "avg_before_relu.onnx"
+    compile_fails(model, tmp_path, capsys, "--json", "--dump-ir", extra=["--json", "--dump-ir"])
+    fails(["compile", model, "--json", "--dump-ir"], capsys, "--json", "--dump-ir")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_dump_ir_after_unknown_stage(
+    zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    compile_fails(
+        zoo_dir / "avg_before_relu.onnx",
+        tmp_path,
+        capsys,
+        "--dump-ir-after fold",
+        "import",
+        "dce",
+        "canonicalize",
+        extra=["--dump-ir-after", "fold"],
+    )
+
+
+def test_compile_unknown_pass(
+    zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    compile_fails(
+        zoo_dir / "avg_before_relu.onnx",
+        tmp_path,
+        capsys,
+        "unknown pass 'nope'",
+        "dce",
+        "canonicalize",
+        extra=["--passes", "dce,nope"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["compile", "digits", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["compile"], "model"),
+        ([], "COMMAND"),
+        (["transmogrify"], "invalid choice"),
+        (["compile", "digits", "--pipeline", "fast"], "invalid choice"),
+        (["compile", "digits", "--pipeline", "import", "--passes", "dce"], "not allowed"),
+        (["verify", "digits", "--rtol", "tiny"], "--rtol"),
+        (["inspect", "digits", "--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_usage_errors(
+    argv: list[str],
+    fragment: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    err = fails(argv, capsys, fragment)
+    assert "usage: bsnnc" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- IR text through opt
+
+
+@pytest.fixture
+def ir_dump(zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """avg_before_relu's final IR file (weights beside it)."""
+    d = tmp_path / "dump"
+    assert cli(["compile", zoo_dir / "avg_before_relu.onnx", "--dump-ir", "--dump-dir", d]) == 0
+    capsys.readouterr()
+    return sorted(d.glob("*.ir"))[-1]
+
+
+def _edit(ir: Path, tmp_path: Path, old: str, new: str) -> tuple[Path, int, int]:
+    """Copy ``ir`` (and its weights) to bad.ir with the first ``old`` replaced by ``new``;
+    returns the path and the 1-based line and column where ``new`` starts."""
+    text = ir.read_text()
+    assert old in text
+    lines = text.splitlines(keepends=True)
+    lineno = next(i for i, line in enumerate(lines, 1) if old in line)
+    column = lines[lineno - 1].index(old) + 1
+    bad = tmp_path / "bad.ir"
+    bad.write_text(text.replace(old, new, 1))
+    (tmp_path / "bad.npz").write_bytes(ir.with_suffix(".npz").read_bytes())
+    return bad, lineno, column
+
+
+def test_ir_syntax_error(ir_dump: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad, line, col = _edit(ir_dump, tmp_path, "relu(%0) :", "relu(%0 :")
+    col += len("relu(%0 ")  # the ':' where ')' was expected
+    err = fails(["opt", bad], capsys, f"{bad}:{line}:{col}:", "unexpected ':'", "expected")
+    assert "')'" in err
+    assert "^" in err  # the offending line with a caret
+
+
+def test_ir_syntax_error_at_end_of_input(
+    ir_dump: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = ir_dump.read_text()
+    bad = tmp_path / "cut.ir"
+    bad.write_text(text[: text.rindex("  return")])
+    n_lines = len(bad.read_text().splitlines())
+    err = fails(["opt", bad], capsys, f"{bad}:", "end of input", "'return'")
+    assert any(f"{bad}:{n}:" in err for n in (n_lines, n_lines + 1))
+
+
+def test_ir_unknown_op(ir_dump: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad, line, col = _edit(ir_dump, tmp_path, "relu(%0)", "gelu(%0)")
+    err = fails(["opt", bad], capsys, f"{bad}:{line}:{col}:", "unknown op 'gelu'", "known ops")
+    for op in OPS:
+        assert op in err
+
+
+def test_ir_unknown_attribute(
+    ir_dump: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad, line, col = _edit(ir_dump, tmp_path, "stride=[1,1]", "strides=[1,1]")
+    fails(["opt", bad], capsys, f"{bad}:{line}:{col}:", "no attribute 'strides'", "stride")
+
+
+def test_ir_type_mismatch(
+    ir_dump: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = "relu(%0) : f32[?,8,8,8]"
+    bad, line, _col = _edit(ir_dump, tmp_path, old, "relu(%0) : f32[?,8,8,9]")
+    fails(
+        ["opt", bad],
+        capsys,
+        f"line {line}:",
+        "declared type f32[?,8,8,9]",
+        "infers f32[?,8,8,8]",
+    )
+
+
+def test_ir_weights_modified(
+    ir_dump: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad, _, _ = _edit(ir_dump, tmp_path, "// bsnnc IR v1", "// bsnnc IR v1")
+    weights = read_npz(bad.with_suffix(".npz"))
+    weights["w8"] = -weights["w8"]  # same names, shape and dtype; other content
+    with bad.with_suffix(".npz").open("wb") as f:
+        write_npz(f, weights)
+    fails(["opt", bad], capsys, "@w8", "does not match", "does not belong to this IR")
+
+
+def test_ir_weights_of_another_model(
+    ir_dump: Path, zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bn_bias names its weights differently: the first constant without data is named."""
+    other = tmp_path / "other"
+    assert cli(["compile", zoo_dir / "bn_bias.onnx", "--dump-ir", "--dump-dir", other]) == 0
+    capsys.readouterr()
+    bad, _, _ = _edit(ir_dump, tmp_path, "// bsnnc IR v1", "// bsnnc IR v1")
+    bad.with_suffix(".npz").write_bytes(sorted(other.glob("*.npz"))[-1].read_bytes())
+    missing = sorted(
+        set(read_npz(ir_dump.with_suffix(".npz"))) - set(read_npz(bad.with_suffix(".npz")))
+    )
+    assert missing
+    fails(
+        ["opt", bad], capsys, str(bad.with_suffix(".npz")), "no data for constant", f"@{missing[0]}"
+    )
+
+
+def test_ir_weights_wrong_shape(
+    ir_dump: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad, _, _ = _edit(ir_dump, tmp_path, "// bsnnc IR v1", "// bsnnc IR v1")
+    weights = read_npz(bad.with_suffix(".npz"))
+    weights["w16"] = weights["w16"][:5]
+    with bad.with_suffix(".npz").open("wb") as f:
+        write_npz(f, weights)
+    fails(["opt", bad], capsys, "@w16", "declared")
+
+
+def test_opt_missing_and_non_text_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.ir"
+    fails(["opt", missing], capsys, str(missing), "no such file")
+    binary = tmp_path / "binary.ir"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    fails(["opt", binary], capsys, str(binary), "not IR text")
+
+
+def test_opt_stdin_syntax_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("graph @g {\n  %x = input( : f32[?,1]\n}\n"))
+    fails(["opt", "-"], capsys, "<stdin>:2:")
+
+
+def test_opt_output_without_weights(
+    ir_dump: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lone = tmp_path / "lone.ir"
+    lone.write_text(ir_dump.read_text())
+    outdir = tmp_path / "o"
+    outdir.mkdir()
+    fails(["opt", lone, "-o", outdir / "x.ir"], capsys, "-o", "weights", ".npz")
+    assert list(outdir.iterdir()) == []
+
+
+# ---------------------------------------------------------------- artifacts through inspect
+
+
+@pytest.fixture
+def tiles(zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """A valid artifact of avg_before_relu."""
+    out = tmp_path / "good.tiles"
+    assert cli(["compile", zoo_dir / "avg_before_relu.onnx", "-o", out]) == 0
+    capsys.readouterr()
+    return out
+
+
+def _rewrite(src: Path, dst: Path, edit: Callable[[dict[str, bytes]], None]) -> Path:
+    with zipfile.ZipFile(src) as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    edit(members)
+    with zipfile.ZipFile(dst, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return dst
+
+
+def test_artifact_truncated(
+    tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "half.tiles"
+    bad.write_bytes(tiles.read_bytes()[: tiles.stat().st_size // 2])
+    fails(["inspect", bad], capsys, str(bad), "truncated")
+
+
+def test_artifact_member_modified(
+    tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def edit(m: dict[str, bytes]) -> None:
+        m["graph.ir"] = m["graph.ir"] + b"// an innocent-looking comment\n"  # still valid IR
+
+    # the unchanged rewrite is readable, so only the edit can be at fault below
+    assert read_artifact(_rewrite(tiles, tmp_path / "same.tiles", lambda m: None)).graph.name
+    bad = _rewrite(tiles, tmp_path / "edited.tiles", edit)
+    fails(["inspect", bad], capsys, str(bad), "graph.ir", "checksum mismatch", "recompile")
+
+
+def test_artifact_newer_format(
+    tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def edit(m: dict[str, bytes]) -> None:
+        manifest = json.loads(m[MANIFEST])
+        manifest["format_version"] = FORMAT_VERSION + 1
+        m[MANIFEST] = json.dumps(manifest).encode()
+
+    bad = _rewrite(tiles, tmp_path / "future.tiles", edit)
+    fails(["inspect", bad], capsys, str(bad), MANIFEST, "newer", "upgrade")
+
+
+def test_artifact_without_manifest(
+    tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = _rewrite(tiles, tmp_path / "bare.tiles", lambda m: m.pop(MANIFEST))
+    fails(["inspect", bad], capsys, str(bad), MANIFEST, "missing")
+
+
+def test_artifact_member_missing(
+    tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = _rewrite(tiles, tmp_path / "noweights.tiles", lambda m: m.pop("weights.npz"))
+    fails(["inspect", bad], capsys, str(bad), "weights.npz", "missing")
+
+
+def test_artifact_consistent_but_wrong_weights(
+    tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Checksums updated to match altered weights: the IR's content hash still catches it."""
+
+    def edit(m: dict[str, bytes]) -> None:
+        weights = read_npz(io.BytesIO(m["weights.npz"]))
+        weights["w4"] = -weights["w4"]
+        buf = io.BytesIO()
+        write_npz(buf, weights)
+        m["weights.npz"] = buf.getvalue()
+        manifest = json.loads(m[MANIFEST])
+        manifest["members"]["weights.npz"] = {
+            "sha256": hashlib.sha256(m["weights.npz"]).hexdigest(),
+            "size": len(m["weights.npz"]),
+        }
+        m[MANIFEST] = json.dumps(manifest).encode()
+
+    bad = _rewrite(tiles, tmp_path / "resigned.tiles", edit)
+    fails(["inspect", bad], capsys, str(bad), "@w4", "does not match")
+
+
+# ---------------------------------------------------------------- verify image sets
+
+
+def test_images_file_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nonexistent.npz"
+    fails(["verify", "digits", "--images", missing], capsys, str(missing), "does not exist")
+
+
+def test_images_unknown_name(capsys: pytest.CaptureFixture[str]) -> None:
+    fails(["verify", "digits", "--images", "cifar"], capsys, "'cifar'", "digits", ".npz")
+
+
+def test_images_npz_without_x(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "imgs.npz"
+    np.savez(path, images=np.zeros((2, 1, 8, 8), np.float32))
+    fails(["verify", "digits", "--images", path], capsys, str(path), "'x'", "images")
+
+
+def test_images_wrong_rank_and_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    flat_x = tmp_path / "flat.npz"
+    np.savez(flat_x, x=np.zeros((2, 64), np.float32))
+    fails(["verify", "digits", "--images", flat_x], capsys, str(flat_x), "[N,C,H,W]")
+    bad_y = tmp_path / "bad_y.npz"
+    np.savez(bad_y, x=np.zeros((2, 1, 8, 8), np.float32), y=np.zeros(3))
+    fails(["verify", "digits", "--images", bad_y], capsys, str(bad_y), "y must have shape [2]")
+
+
+def test_images_not_an_npz(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "junk.npz"
+    path.write_text("not a zip")
+    fails(["verify", "digits", "--images", path], capsys, str(path))
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--batch", "0"), ("--limit", "0"), ("--limit", "-3"), ("--batch", "-1")]
+)
+def test_verify_nonpositive_counts(
+    flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fails(["verify", "digits", "--images", "digits", flag, value], capsys, flag)
