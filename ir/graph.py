@@ -24,7 +24,7 @@ def digest_array(kind: Kind, data: np.ndarray) -> str:
     arr = np.ascontiguousarray(data, dtype=STORAGE_DTYPE[kind].newbyteorder("<"))
     h = hashlib.blake2b(digest_size=8)
     h.update(f"{kind.value}{list(arr.shape)}".encode())
-    h.update(memoryview(arr.reshape(-1)).cast("B"))  # no copy of the bytes
+    h.update(arr.reshape(-1).data.cast("B"))  # no copy of the bytes
     return h.hexdigest()
 
 

@@ -72,6 +72,13 @@ def _put(z: zipfile.ZipFile, name: str, fill: Callable[[IO[bytes]], None]) -> di
     return {"sha256": w.sha.hexdigest(), "size": w.size}
 
 
+def _writes(data: bytes) -> Callable[[IO[bytes]], None]:
+    def fill(f: IO[bytes]) -> None:
+        f.write(data)
+
+    return fill
+
+
 def write_artifact(path: str | os.PathLike[str], a: Artifact) -> None:
     """Write the artifact atomically (no partial file is ever left at ``path``).
 
@@ -83,11 +90,11 @@ def write_artifact(path: str | os.PathLike[str], a: Artifact) -> None:
     def write(f: IO[bytes]) -> None:
         with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as z:
             sums = {
-                "graph.ir": _put(z, "graph.ir", lambda m: m.write(text) and None),
+                "graph.ir": _put(z, "graph.ir", _writes(text)),
                 "weights.npz": _put(z, "weights.npz", lambda m: write_npz(m, a.graph.weights())),
             }
             for name in sorted(a.extra):
-                sums[name] = _put(z, name, lambda m, b=a.extra[name]: m.write(b) and None)
+                sums[name] = _put(z, name, _writes(a.extra[name]))
             manifest = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
