@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bsnnc.compiler.console import emit_json, err, layers_table, resolve_model
+from bsnnc.compiler.console import emit_json, err, layers_table, resolve_model, shape_arg
 from bsnnc.compiler.frontend.importer import import_onnx
 from bsnnc.compiler.passes import PIPELINES, REGISTRY, PassManager, resolve
 from bsnnc.compiler.passes.base import DumpFn
@@ -62,19 +62,6 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def shape_arg(text: str) -> tuple[int, ...]:
-    """Parse ``3,32,32``."""
-    try:
-        dims = tuple(int(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not dims or min(dims) < 1:
-        raise argparse.ArgumentTypeError(f"dimensions must be positive, got {text!r}")
-    return dims
-
-
 def _dumper(args: argparse.Namespace, stages: list[str]) -> DumpFn:
     after = args.dump_ir_after
     if after is not None and after != "all" and after not in stages:
@@ -97,13 +84,16 @@ def run(args: argparse.Namespace) -> int:
     names = args.passes if args.passes is not None else PIPELINES[args.pipeline]
     passes = resolve(names, REGISTRY)
     dump = _dumper(args, ["import", *names])
-    graph = import_onnx(model, args.input_shape)
-    dump(0, "import", graph)
-    pm = PassManager(passes, dump)
-    graph = pm.run(graph)
-    out = args.output or (None if args.dump_ir else Path(model.stem + ".tiles"))
-    if out is not None:
-        write_artifact(out, Artifact(graph, _meta(model, names)))
+    with err.status(f"importing {model.name}") as status:
+        graph = import_onnx(model, args.input_shape)
+        dump(0, "import", graph)
+        status.update("running passes")
+        pm = PassManager(passes, dump)
+        graph = pm.run(graph)
+        out = args.output or (None if args.dump_ir else Path(model.stem + ".tiles"))
+        if out is not None:
+            status.update(f"writing {out}")
+            write_artifact(out, Artifact(graph, _meta(model, names)))
     return _report(args, graph, out, pm.timings)
 
 

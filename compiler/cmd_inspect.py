@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bsnnc.compiler.console import emit_json, err, layers_table, resolve_model
+from bsnnc.compiler.console import emit_json, err, layers_table, resolve_model, shape_arg
 from bsnnc.compiler.frontend.importer import import_onnx
 from bsnnc.compiler.report import layer_table
 from bsnnc.ir.graph import Graph
@@ -25,7 +25,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("file", help="an .onnx model, an .ir file, a .tiles artifact, or 'digits'")
     p.add_argument(
         "--input-shape",
-        type=lambda s: tuple(int(v) for v in s.split(",")),
+        type=shape_arg,
         help="per-sample input shape C,H,W for ONNX models with dynamic dimensions",
     )
     p.add_argument("--json", action="store_true", help="print JSON to stdout")

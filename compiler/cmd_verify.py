@@ -10,8 +10,7 @@ import onnx
 from rich.progress import Progress
 from rich.table import Table
 
-from bsnnc.compiler.cmd_compile import shape_arg
-from bsnnc.compiler.console import emit_json, err, resolve_model
+from bsnnc.compiler.console import emit_json, err, positive_int, resolve_model, shape_arg
 from bsnnc.compiler.frontend.importer import import_onnx
 from bsnnc.ir.graph import Graph
 from bsnnc.runtime.ann import run_ann
@@ -35,9 +34,11 @@ def add_parser(sub: Any) -> None:
         "--images", help="image set: digits or a .npz with x [N,C,H,W] (default: random inputs)"
     )
     p.add_argument(
-        "--limit", type=int, help="use the first N images (default: all; 16 random inputs)"
+        "--limit", type=positive_int, help="use the first N images (default: all; 16 random inputs)"
     )
-    p.add_argument("--batch", type=int, default=64, help="images per batch (default: %(default)s)")
+    p.add_argument(
+        "--batch", type=positive_int, default=64, help="images per batch (default: %(default)s)"
+    )
     p.add_argument(
         "--input-shape",
         type=shape_arg,

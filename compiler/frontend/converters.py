@@ -196,7 +196,7 @@ def conv_conv(ctx: Ctx) -> None:
     w = ctx.const(ins[1], "weight").astype(np.float32)
     group = int(ctx.attr("group", 1))
     if group != 1:
-        kind = "depthwise" if group == w.shape[0] else "grouped"
+        kind = "depthwise" if w.shape[1] == 1 else "grouped"  # one input channel per group
         raise ctx.fail(
             f"{kind} convolution (group={group}) is not supported: a crossbar layer maps a "
             "dense K×N matrix; replace it with a group=1 convolution"
