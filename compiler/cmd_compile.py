@@ -4,20 +4,36 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from bsnnc.compiler.console import emit_json, err, layers_table, resolve_model, shape_arg
+from bsnnc.compiler.console import (
+    emit_json,
+    err,
+    layers_table,
+    resolve_model,
+    shape_arg,
+)
 from bsnnc.compiler.frontend.importer import import_onnx
-from bsnnc.compiler.passes import PIPELINES, REGISTRY, PassManager, resolve
+from bsnnc.compiler.options import add_conversion_options, pass_options
+from bsnnc.compiler.passes import (
+    PIPELINES,
+    REGISTRY,
+    PassContext,
+    PassManager,
+    resolve,
+)
 from bsnnc.compiler.passes.base import DumpFn
+from bsnnc.compiler.passes.fold_threshold_normalization import name_calibrated_layers
 from bsnnc.compiler.report import layer_table
 from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Graph
 from bsnnc.ir.io import save_ir
 from bsnnc.ir.printer import print_graph
 from bsnnc.runtime.artifact import Artifact, write_artifact
+from bsnnc.runtime.datasets import NAMED
 
 
 def add_parser(sub: Any) -> None:
@@ -58,6 +74,7 @@ def add_parser(sub: Any) -> None:
         "--dump-dir", type=Path, help="write NN-<stage>.ir and .npz after every stage into DIR"
     )
     p.add_argument("--pass-timing", action="store_true", help="report the time each pass took")
+    add_conversion_options(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary to stdout")
     p.set_defaults(func=run)
 
@@ -84,28 +101,49 @@ def run(args: argparse.Namespace) -> int:
     names = args.passes if args.passes is not None else PIPELINES[args.pipeline]
     passes = resolve(names, REGISTRY)
     dump = _dumper(args, ["import", *names])
-    with err.status(f"importing {model.name}") as status:
+    with err.status(f"importing {model.name}"):
         graph = import_onnx(model, args.input_shape)
-        dump(0, "import", graph)
-        status.update("running passes")
-        pm = PassManager(passes, dump)
-        graph = pm.run(graph)
-        out = args.output or (None if args.dump_ir else Path(model.stem + ".tiles"))
-        if out is not None:
-            status.update(f"writing {out}")
-            write_artifact(out, Artifact(graph, _meta(model, names)))
-    return _report(args, graph, out, pm.timings)
+    dump(0, "import", graph)
+    ctx = PassContext(pass_options(args, graph))
+    pm = PassManager(passes, dump, ctx)
+    graph = pm.run(graph)
+    name_calibrated_layers(ctx.facts, graph)
+    out = args.output or (None if args.dump_ir else Path(model.stem + ".tiles"))
+    if out is not None:
+        with err.status(f"writing {out}"):
+            write_artifact(out, _artifact(graph, model, names, args, ctx))
+    return _report(args, graph, out, pm)
 
 
-def _meta(model: Path, names: list[str]) -> dict[str, Any]:
+def _artifact(
+    g: Graph, model: Path, names: list[str], args: argparse.Namespace, ctx: PassContext
+) -> Artifact:
     h = hashlib.sha256(model.read_bytes()).hexdigest() if model.stat().st_size < (1 << 30) else None
-    return {"source": {"file": model.name, "sha256": h}, "passes": list(names)}
+    calib = ctx.facts.get("calibration")
+    meta = {
+        "source": {"file": model.name, "sha256": h},
+        "passes": list(names),
+        "conversion": {
+            "reset": args.reset,
+            "percentile": args.percentile,
+            "norm": args.norm,
+            "calib_stat": args.calib_stat,
+        },
+        "dataset": _dataset_name(calib["source"]) if calib else None,
+    }
+    facts = {"calibration": calib, "notes": ctx.notes}
+    body = json.dumps(facts, indent=2, sort_keys=True).encode()
+    return Artifact(g, meta, {"calibration.json": body})
 
 
-def _report(
-    args: argparse.Namespace, g: Graph, out: Path | None, timings: list[tuple[str, float]]
-) -> int:
-    rows = layer_table(g)
+def _dataset_name(source: str) -> str:
+    """``cifar100:train`` → ``cifar100`` (an .npz path stays as it is)."""
+    name = source.split(":")[0]
+    return name if name in NAMED else source
+
+
+def _report(args: argparse.Namespace, g: Graph, out: Path | None, pm: PassManager) -> int:
+    rows, timings = layer_table(g), pm.timings
     if args.dump_ir:
         sys.stdout.write(print_graph(g))
     if args.json:
@@ -116,11 +154,15 @@ def _report(
                 "graph": g.name,
                 "layers": [r.as_dict() for r in rows],
                 "passes": [{"name": n, "seconds": round(t, 6)} for n, t in timings],
+                "notes": pm.ctx.notes,
+                "calibration": pm.ctx.facts.get("calibration"),
             }
         )
         return 0
     if not args.dump_ir:
         err.print(layers_table(rows, f"@{g.name}: {len(rows)} weighted layers"))
+        for note in pm.ctx.notes:
+            err.print(f"  note: {note}", highlight=False, markup=False)
     if args.pass_timing:
         for name, t in timings:
             err.print(f"  {name:<24} {t * 1000:9.2f} ms")

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from bsnnc.compiler.console import err
-from bsnnc.compiler.passes import REGISTRY, PassManager, resolve
+from bsnnc.compiler.options import add_conversion_options, pass_options
+from bsnnc.compiler.passes import REGISTRY, PassContext, PassManager, resolve
 from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.io import load_ir, save_ir, weights_path
 from bsnnc.ir.parser import parse
@@ -29,6 +30,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "-o", "--output", type=Path, help="write OUT.ir (and OUT.npz) instead of printing"
     )
+    add_conversion_options(p)
     p.set_defaults(func=run)
 
 
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         g = load_ir(args.file, need_weights=False)
         if g.constants and not weights_path(args.file).is_file():
             err.print(f"note: {weights_path(args.file)} not found; constants carry no data")
-    g = PassManager(passes).run(g)
+    g = PassManager(passes, ctx=PassContext(pass_options(args, g))).run(g)
     if args.output is None:
         sys.stdout.write(print_graph(g))
         return 0

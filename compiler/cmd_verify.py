@@ -68,7 +68,9 @@ def _inputs(args: argparse.Namespace, g: Graph) -> Images:
 
 def _run_ref(g: Graph, x: np.ndarray, batch: int) -> list[np.ndarray]:
     parts: list[list[np.ndarray]] = []
-    with Progress(console=err, transient=True, disable=x.shape[0] <= batch) as bar:
+    with Progress(
+        console=err, transient=True, disable=x.shape[0] <= batch or not err.is_terminal
+    ) as bar:
         task = bar.add_task("numpy ANN reference", total=x.shape[0])
         for s in range(0, x.shape[0], batch):
             outs = run_ann(g, x[s : s + batch])

@@ -40,6 +40,32 @@ def shape_arg(text: str) -> tuple[int, ...]:
     return dims
 
 
+def percentile_arg(text: str) -> float:
+    """An argparse type: a percentile in (0, 100], or ``max`` (= 100)."""
+    if text == "max":
+        return 100.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentile or 'max', got {text!r}") from None
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"a percentile must be in (0, 100], got {text!r}")
+    return value
+
+
+def size_arg(text: str) -> int:
+    """An argparse type: a byte count like ``512M``, ``4G`` or ``1000000``."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B")
+    try:
+        value = int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size like 512M or 4G, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a size must be positive, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An argparse type: an integer ≥ 1."""
     try:

@@ -74,3 +74,37 @@ class GraphBuilder:
         """Set the outputs (operands) and return the graph."""
         self.graph.outputs = [o[1:] for o in outputs]
         return self.graph
+
+
+class Rewriter(GraphBuilder):
+    """Rebuilds a graph node by node: copies constants and inputs, maps old values to new
+    operands (``env``), and re-infers every type."""
+
+    def __init__(self, g: Graph) -> None:
+        super().__init__(g.name)
+        self.source = g
+        self.graph.constants = dict(g.constants)
+        self.env: dict[str, str] = {}
+
+    def operand(self, old: str) -> str:
+        """The new operand for an old one (constants map to themselves)."""
+        return self.env[old[1:]] if old.startswith("%") else old
+
+    def copy(self, n: Node, operands: list[str] | None = None) -> str:
+        """Re-emit ``n`` (inputs keep their names) and map its result."""
+        if n.op == "input":
+            self.graph.nodes.append(n)
+            self._types[n.result] = n.type
+            new = "%" + n.result
+        else:
+            ops = operands if operands is not None else [self.operand(o) for o in n.operands]
+            new = self.add(n.op, ops, n.attrs, loc=n.loc)
+        self.env[n.result] = new
+        return new
+
+    def finish_from_source(self) -> Graph:
+        """Outputs mapped from the source graph; unused constants dropped."""
+        g = self.finish([self.env[o] for o in self.source.outputs])
+        used = {c for n in g.nodes for c in n.const_operands()}
+        g.constants = {k: c for k, c in g.constants.items() if k in used}
+        return g

@@ -12,7 +12,7 @@ from __future__ import annotations
 from bsnnc.ir.errors import VerifyError
 from bsnnc.ir.graph import Constant, Graph, Node, digest_array
 from bsnnc.ir.ops import OPS, OpDef, normalize_attrs
-from bsnnc.ir.types import STORAGE_DTYPE, TensorType
+from bsnnc.ir.types import STORAGE_DTYPE, Kind, TensorType
 
 
 def verify(g: Graph, *, check_data: bool = True) -> None:
@@ -108,3 +108,20 @@ def _operand_types(
 def _arity(slots: tuple[str, ...]) -> str:
     required = sum(1 for s in slots if not s.endswith("?"))
     return str(required) if required == len(slots) else f"{required}..{len(slots)}"
+
+
+def verify_spiking(g: Graph) -> None:
+    """The spiking-form invariant: every binary layer (``bipolar`` weights) reads ``spike``s."""
+    verify(g, check_data=False)
+    types = {n.result: n.type for n in g.nodes}
+    for n in g.nodes:
+        if n.op not in ("conv2d", "dense"):
+            continue
+        w = g.constants[n.const_operands()[0]]
+        x = types[n.value_operands()[0]]
+        if w.type.kind == Kind.BIPOLAR and x.kind != Kind.SPIKE:
+            raise VerifyError(
+                f"{n.where()}: a binary layer must read spikes, but its input is {x} "
+                "(run insert-if-around-pooling; a binary first layer is not supported: keep the "
+                "first layer full precision)"
+            )

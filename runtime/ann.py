@@ -8,7 +8,7 @@ activations of the batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 import numpy as np
 
@@ -71,20 +71,33 @@ ANN_KERNELS: dict[str, Kernel] = {
     "relu": lambda xs, a: np.maximum(xs[0], 0).astype(xs[0].dtype, copy=False),
     "scale": lambda xs, a: _affine(xs, a, "factor", add=False),
     "bias": lambda xs, a: _affine(xs, a, "value", add=True),
-    # In the ANN reading an IF neuron is its rate limit, clip(x/θ, 0, 1)·θ ≈ relu; the ANN
-    # reference is only defined before conversion, so spiking ops are rejected below.
+    "if": lambda xs, a: _if_rate(xs, a),
+    "readout": lambda xs, a: xs[0].astype(np.float32, copy=False),
 }
 
 
-def _last_uses(g: Graph) -> dict[int, list[str]]:
-    """Node index → the values whose last reader it is (graph outputs are never freed)."""
+def _if_rate(xs: list[np.ndarray], a: Attrs) -> np.ndarray:
+    """The ANN reading of an IF neuron: its firing rate without the clip at 1, relu(x)/θ.
+
+    With θ = 1 (before threshold normalization) it is exactly ``relu``; after normalization the
+    graph read this way reproduces the original ANN (the folded network is equivalent).
+    """
+    x = np.maximum(xs[0].astype(np.float32, copy=False), 0)
+    theta = np.full((), attr_float(a, "theta"), dtype=np.float64)
+    if len(xs) > 1:
+        theta = theta * K.channel_broadcast(xs[1].astype(np.float64), x.ndim, attr_int(a, "axis"))
+    return np.asarray(x / theta, dtype=np.float32)
+
+
+def last_uses(g: Graph, keep: Collection[str] = ()) -> dict[int, list[str]]:
+    """Node index → the values whose last reader it is (outputs and ``keep`` are never freed)."""
     last: dict[str, int] = {}
     for i, n in enumerate(g.nodes):
         for v in n.value_operands():
             last[v] = i
     out: dict[int, list[str]] = {}
     for v, i in last.items():
-        if v not in g.outputs:
+        if v not in g.outputs and v not in keep:
             out.setdefault(i, []).append(v)
     return out
 
@@ -93,8 +106,9 @@ def _operands(g: Graph, n: Node, env: dict[str, np.ndarray]) -> list[np.ndarray]
     return [env[o[1:]] if o.startswith("%") else g.constants[o[1:]].array() for o in n.operands]
 
 
-def run_ann(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Run ``g`` on the batch ``x`` (fed to its single input); returns output name → array."""
+def run_ann(g: Graph, x: np.ndarray, keep: Collection[str] = ()) -> dict[str, np.ndarray]:
+    """Run ``g`` on the batch ``x`` (fed to its single input); returns output name → array,
+    plus the values named in ``keep`` (e.g. every IF layer, for calibration)."""
     inputs = g.inputs()
     if len(inputs) != 1:
         raise BsnncError(f"the ANN reference needs exactly one input, graph has {len(inputs)}")
@@ -105,7 +119,7 @@ def run_ann(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
             f"the model expects {list(expected)}"
         )
     env: dict[str, np.ndarray] = {inputs[0].result: np.ascontiguousarray(x, dtype=np.float32)}
-    frees = _last_uses(g)
+    frees = last_uses(g, keep)
     for i, n in enumerate(g.nodes):
         if n.op == "input":
             continue
@@ -118,7 +132,7 @@ def run_ann(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
         env[n.result] = kernel(_operands(g, n, env), n.attrs)
         for v in frees.get(i, []):
             env.pop(v, None)
-    return {o: env[o] for o in g.outputs}
+    return {o: env[o] for o in [*g.outputs, *keep]}
 
 
 def run_ann_batched(g: Graph, x: np.ndarray, batch: int = 64) -> Iterator[dict[str, np.ndarray]]:

@@ -1,23 +1,77 @@
-"""Image sets for verification and simulation, read from local files only (never downloaded).
+"""Image sets, read from local files only (nothing is ever downloaded).
 
-``--images`` takes a name or a path:
+``--images`` / ``--calib`` take a name or a path:
 
-* ``digits``: the embedded UCI digits split that ships with bsnnc (8×8, 1 channel; the pixels
-  ÷ 16 then standardized with the training split's mean and std, as the example model expects).
-* ``PATH.npz``: arrays ``x`` [N,C,H,W] (model-ready float32) and optionally ``y`` [N] labels.
+* ``digits``: the UCI digits split embedded in bsnnc (8×8, 1 channel; pixels ÷ 16, then
+  standardized with the training split's mean and std, as the example model expects).
+* ``cifar10`` / ``cifar100``: the standard *python* archives from
+  https://www.cs.toronto.edu/~kriz/cifar.html — ``cifar-10-python.tar.gz`` /
+  ``cifar-100-python.tar.gz``, or their extracted folders ``cifar-10-batches-py/`` /
+  ``cifar-100-python/`` — in the data directory (``--data-dir`` or ``$BSNNC_DATA``). Pixels
+  ÷ 255, normalized per channel with the usual training-set mean and std.
+* ``imagenet``: an ImageFolder-style directory ``imagenet/{train,val}/<class>/*.JPEG`` in the data
+  directory (needs Pillow: ``pip install 'bsnnc[imagenet]'``); resize the short side to 256,
+  center-crop 224, ÷ 255, normalize with the ImageNet mean and std; labels are the sorted
+  class folders' indices. ``--limit`` takes images round-robin over classes.
+* ``PATH.npz``: arrays ``x`` [N,C,H,W] (model-ready float32) and optionally ``y`` [N].
+
+The CIFAR batches are pickles; they are read with an unpickler that only admits the numpy
+types those files contain.
 """
 
 from __future__ import annotations
 
+import io
+import os
+import pickle
+import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any, ClassVar, TypedDict
 
 import numpy as np
 
 from bsnnc.ir.errors import DataError
 
 EMBEDDED = ("digits",)
+NAMED = ("digits", "cifar10", "cifar100", "imagenet")
+
+class CifarSpec(TypedDict):
+    """Where a CIFAR python archive keeps what, and its normalization."""
+
+    archive: str
+    folder: str
+    train: list[str]
+    test: list[str]
+    labels: bytes
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+CIFAR: dict[str, CifarSpec] = {
+    "cifar10": {
+        "archive": "cifar-10-python.tar.gz",
+        "folder": "cifar-10-batches-py",
+        "train": [f"data_batch_{i}" for i in range(1, 6)],
+        "test": ["test_batch"],
+        "labels": b"labels",
+        "mean": (0.4914, 0.4822, 0.4465),
+        "std": (0.2470, 0.2435, 0.2616),
+    },
+    "cifar100": {
+        "archive": "cifar-100-python.tar.gz",
+        "folder": "cifar-100-python",
+        "train": ["train"],
+        "test": ["test"],
+        "labels": b"fine_labels",
+        "mean": (0.5071, 0.4865, 0.4409),
+        "std": (0.2673, 0.2564, 0.2762),
+    },
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -37,21 +91,37 @@ def embedded_file(name: str) -> Path:
     return Path(str(resources.files("bsnnc.runtime").joinpath("data", name)))
 
 
-def load_images(spec: str, *, split: str = "test", limit: int | None = None) -> Images:
+def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The directory of large local data sets: ``--data-dir``, else ``$BSNNC_DATA``, else ./data."""
+    if explicit is not None:
+        return Path(explicit)
+    return Path(os.environ.get("BSNNC_DATA") or "data")
+
+
+def load_images(
+    spec: str,
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    root: str | os.PathLike[str] | None = None,
+) -> Images:
     """Load ``spec`` (a name or an .npz path); ``limit`` keeps the first N images."""
     if spec in EMBEDDED:
         images = _load_npz(embedded_file(f"{spec}_{split}.npz"), f"{spec}:{split}")
+    elif spec in CIFAR:
+        images = _load_cifar(spec, split, data_dir(root))
+    elif spec == "imagenet":
+        return _load_imagenet(data_dir(root), split, limit)
     elif spec.endswith(".npz") or Path(spec).is_file():
         images = _load_npz(Path(spec), spec)
     else:
         raise DataError(
-            f"unknown image set '{spec}': use one of {', '.join(EMBEDDED)} or a path to an .npz "
+            f"unknown image set '{spec}': use one of {', '.join(NAMED)} or a path to an .npz "
             "file with arrays x [N,C,H,W] and y [N]"
         )
     if limit is not None:
-        images = Images(
-            images.name, images.x[:limit], None if images.y is None else images.y[:limit]
-        )
+        y = None if images.y is None else images.y[:limit]
+        images = Images(images.name, images.x[:limit], y)
     return images
 
 
@@ -71,3 +141,133 @@ def _load_npz(path: Path, name: str) -> Images:
     if y is not None and y.shape != (x.shape[0],):
         raise DataError(f"{path}: y must have shape [{x.shape[0]}], got {list(y.shape)}")
     return Images(name, x, y)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Admits only what the CIFAR python batches contain (numpy arrays, dtypes)."""
+
+    ALLOWED: ClassVar[set[tuple[str, str]]] = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("_codecs", "encode"),  # bytes pickled by Python 3 at protocol 2
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "dtype"),
+        ("copy_reg", "_reconstructor"),
+        ("__builtin__", "object"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR batch")
+        return super().find_class(module, name)
+
+
+def _unpickle(data: bytes, where: str) -> dict[bytes, Any]:
+    try:
+        obj = _NumpyOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+        raise DataError(f"{where}: not a CIFAR python batch ({e})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: not a CIFAR python batch (no dictionary)")
+    return obj
+
+
+def _cifar_members(name: str, split: str, root: Path) -> Iterator[tuple[str, bytes]]:
+    spec = CIFAR[name]
+    members = spec["train" if split == "train" else "test"]
+    folder, archive = root / spec["folder"], root / spec["archive"]
+    if folder.is_dir():
+        for m in members:
+            f = folder / m
+            if not f.is_file():
+                raise DataError(f"{name}: {f} is missing (re-extract {spec['archive']})")
+            yield str(f), f.read_bytes()
+    elif archive.is_file():
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                for m in members:
+                    member = tar.extractfile(f"{spec['folder']}/{m}")
+                    if member is None:
+                        raise KeyError(m)
+                    yield f"{archive}[{m}]", member.read()
+        except (tarfile.TarError, KeyError, OSError, EOFError) as e:
+            raise DataError(f"{archive}: unreadable or incomplete archive ({e})") from None
+    else:
+        raise DataError(
+            f"{name} not found: place {spec['archive']} (the python version, from "
+            f"https://www.cs.toronto.edu/~kriz/cifar.html) or its extracted folder "
+            f"{spec['folder']}/ in {root.resolve()} (set --data-dir or BSNNC_DATA)"
+        )
+
+
+def _load_cifar(name: str, split: str, root: Path) -> Images:
+    spec = CIFAR[name]
+    xs, ys = [], []
+    for where, data in _cifar_members(name, split, root):
+        batch = _unpickle(data, where)
+        try:
+            xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(batch[spec["labels"]], dtype=np.int64))
+        except (KeyError, ValueError) as e:
+            raise DataError(f"{where}: not a {name} batch ({e})") from None
+    x = np.concatenate(xs).astype(np.float32) / 255.0
+    return Images(f"{name}:{split}", _normalize(x, spec["mean"], spec["std"]), np.concatenate(ys))
+
+
+def _normalize(x: np.ndarray, mean: Any, std: Any) -> np.ndarray:
+    m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
+    s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+    return np.ascontiguousarray((x - m) / s, dtype=np.float32)
+
+
+def _imagenet_files(
+    root: Path, split: str, limit: int | None
+) -> tuple[list[tuple[Path, int]], int]:
+    base = root / "imagenet" / split
+    if not base.is_dir():
+        raise DataError(
+            f"imagenet not found: expected an ImageFolder directory {base.resolve()} with one "
+            "sub-folder of JPEGs per class (set --data-dir or BSNNC_DATA)"
+        )
+    classes = sorted(d.name for d in base.iterdir() if d.is_dir())
+    if not classes:
+        raise DataError(f"{base}: no class folders")
+    per_class = [
+        sorted(p for p in (base / c).iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+        for c in classes
+    ]
+    order: list[tuple[Path, int]] = []
+    for i in range(max(len(f) for f in per_class)):
+        order += [(files[i], label) for label, files in enumerate(per_class) if i < len(files)]
+    return order[:limit] if limit is not None else order, len(classes)
+
+
+def _load_imagenet(root: Path, split: str, limit: int | None) -> Images:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError("imagenet needs Pillow: pip install 'bsnnc[imagenet]'") from None
+    split = "val" if split == "test" else split
+    files, _ = _imagenet_files(root, split, limit)
+    x = np.empty((len(files), 3, 224, 224), np.float32)
+    for i, (path, _label) in enumerate(files):
+        try:
+            with Image.open(path) as im:
+                x[i] = _preprocess(im.convert("RGB"))
+        except OSError as e:
+            raise DataError(f"{path}: unreadable image ({e})") from None
+    y = np.array([label for _, label in files], np.int64)
+    return Images(f"imagenet:{split}", _normalize(x, IMAGENET_MEAN, IMAGENET_STD), y)
+
+
+def _preprocess(im: Any) -> np.ndarray:
+    """Resize the short side to 256 (bilinear), center-crop 224, CHW in [0, 1]."""
+    w, h = im.size
+    scale = 256 / min(w, h)
+    im = im.resize((max(224, round(w * scale)), max(224, round(h * scale))), resample=2)
+    w, h = im.size
+    left, top = (w - 224) // 2, (h - 224) // 2
+    arr = np.asarray(im.crop((left, top, left + 224, top + 224)), dtype=np.float32) / 255.0
+    return arr.transpose(2, 0, 1)

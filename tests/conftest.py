@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import onnx
 import pytest
 
@@ -42,6 +43,24 @@ def zoo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, build in ZOO.items():
         onnx.save(build(), d / f"{name}.onnx")
     return d
+
+
+@pytest.fixture(scope="session")
+def zoo_data(zoo_dir: Path) -> Path:
+    """Per zoo model, ``<name>.npz`` with 96 seeded random inputs ``x`` and labels ``y`` = the
+    ANN reference's own predictions (so the ANN is 100 % accurate on them and an SNN's
+    accuracy measures its agreement with the ANN). Used as calibration and test images."""
+    from bsnnc.compiler.frontend.importer import import_onnx
+    from bsnnc.runtime.ann import run_ann
+
+    for name in ZOO:
+        g = import_onnx(zoo_dir / f"{name}.onnx")
+        shape = [int(d or 0) for d in g.inputs()[0].type.shape[1:]]
+        rng = np.random.default_rng(sum(map(ord, name)))
+        x = rng.standard_normal((96, *shape)).astype(np.float32)
+        y = run_ann(g, x)[g.outputs[0]].argmax(axis=1)
+        np.savez(zoo_dir / f"{name}.npz", x=x, y=y)
+    return zoo_dir
 
 
 @pytest.fixture

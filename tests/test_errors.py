@@ -4,6 +4,7 @@ line:column, artifact member) and the fix, no traceback, and no output file left
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import zipfile
@@ -18,6 +19,7 @@ from zoo import ZOO, Net
 
 from bsnnc.compiler.cli import main
 from bsnnc.compiler.frontend.importer import supported_ops
+from bsnnc.compiler.passes import PIPELINES, REGISTRY
 from bsnnc.ir.io import read_npz, write_npz
 from bsnnc.ir.ops import OPS
 from bsnnc.runtime.artifact import FORMAT_VERSION, MANIFEST, read_artifact
@@ -364,8 +366,7 @@ def test_dump_ir_after_unknown_stage(
         capsys,
         "--dump-ir-after fold",
         "import",
-        "dce",
-        "canonicalize",
+        *PIPELINES["default"],
         extra=["--dump-ir-after", "fold"],
     )
 
@@ -378,8 +379,7 @@ def test_compile_unknown_pass(
         tmp_path,
         capsys,
         "unknown pass 'nope'",
-        "dce",
-        "canonicalize",
+        *REGISTRY,
         extra=["--passes", "dce,nope"],
     )
 
@@ -415,7 +415,8 @@ def test_usage_errors(
 
 @pytest.fixture
 def ir_dump(zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
-    """avg_before_relu's final IR file (weights beside it)."""
+    """avg_before_relu's final IR file (weights beside it): the B-SNN of the default pipeline
+    (calibrated on digits, as every 1×8×8 model is by default)."""
     d = tmp_path / "dump"
     assert cli(["compile", zoo_dir / "avg_before_relu.onnx", "--dump-ir", "--dump-dir", d]) == 0
     capsys.readouterr()
@@ -437,9 +438,9 @@ def _edit(ir: Path, tmp_path: Path, old: str, new: str) -> tuple[Path, int, int]
 
 
 def test_ir_syntax_error(ir_dump: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bad, line, col = _edit(ir_dump, tmp_path, "relu(%0) :", "relu(%0 :")
-    col += len("relu(%0 ")  # the ':' where ')' was expected
-    err = fails(["opt", bad], capsys, f"{bad}:{line}:{col}:", "unexpected ':'", "expected")
+    bad, line, col = _edit(ir_dump, tmp_path, "if(%0) {", "if(%0 {")
+    col += len("if(%0 ")  # the '{' where ')' was expected
+    err = fails(["opt", bad], capsys, f"{bad}:{line}:{col}:", "unexpected '{'", "expected")
     assert "')'" in err
     assert "^" in err  # the offending line with a caret
 
@@ -456,7 +457,7 @@ def test_ir_syntax_error_at_end_of_input(
 
 
 def test_ir_unknown_op(ir_dump: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bad, line, col = _edit(ir_dump, tmp_path, "relu(%0)", "gelu(%0)")
+    bad, line, col = _edit(ir_dump, tmp_path, "if(%0)", "gelu(%0)")
     err = fails(["opt", bad], capsys, f"{bad}:{line}:{col}:", "unknown op 'gelu'", "known ops")
     for op in OPS:
         assert op in err
@@ -472,15 +473,39 @@ def test_ir_unknown_attribute(
 def test_ir_type_mismatch(
     ir_dump: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    old = "relu(%0) : f32[?,8,8,8]"
-    bad, line, _col = _edit(ir_dump, tmp_path, old, "relu(%0) : f32[?,8,8,9]")
+    bad, line, _col = _edit(ir_dump, tmp_path, ": spike[?,8,8,8]", ": spike[?,8,8,9]")
     fails(
         ["opt", bad],
         capsys,
         f"line {line}:",
-        "declared type f32[?,8,8,9]",
-        "infers f32[?,8,8,8]",
+        "declared type spike[?,8,8,9]",
+        "infers spike[?,8,8,8]",
     )
+
+
+def test_ir_binary_layer_declared_float(
+    ir_dump: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A binary layer reading spikes produces integer currents, not floats."""
+    bad, line, _col = _edit(ir_dump, tmp_path, ": i32[?,16,8,8]", ": f32[?,16,8,8]")
+    fails(["opt", bad], capsys, f"line {line}:", "declared type f32[?,16,8,8]", "infers i32")
+
+
+def test_ir_bad_reset_mode(
+    ir_dump: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad, line, col = _edit(ir_dump, tmp_path, 'reset="subtract"', 'reset="sometimes"')
+    fails(["opt", bad], capsys, f"{bad}:{line}:{col}:", "reset", "subtract", "zero")
+
+
+@pytest.mark.parametrize("theta", ["0.0", "-1.0"])
+def test_ir_nonpositive_threshold(
+    theta: str, ir_dump: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = ir_dump.read_text()
+    first = text[text.index("theta=") :].split("}")[0]  # theta=<the first IF's threshold>
+    bad, line, _col = _edit(ir_dump, tmp_path, first, f"theta={theta}")
+    fails(["opt", bad], capsys, f"line {line}:", "threshold must be > 0", theta)
 
 
 def test_ir_weights_modified(
@@ -495,11 +520,13 @@ def test_ir_weights_modified(
 
 
 def test_ir_weights_of_another_model(
-    ir_dump: Path, zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ir_dump: Path, zoo_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """bn_bias names its weights differently: the first constant without data is named."""
     other = tmp_path / "other"
-    assert cli(["compile", zoo_dir / "bn_bias.onnx", "--dump-ir", "--dump-dir", other]) == 0
+    model, calib = zoo_data / "bn_bias.onnx", zoo_data / "bn_bias.npz"
+    argv = ["compile", model, "--calib", calib, "--dump-ir", "--dump-dir", other]
+    assert cli(argv) == 0
     capsys.readouterr()
     bad, _, _ = _edit(ir_dump, tmp_path, "// bsnnc IR v1", "// bsnnc IR v1")
     bad.with_suffix(".npz").write_bytes(sorted(other.glob("*.npz"))[-1].read_bytes())
@@ -679,3 +706,291 @@ def test_verify_nonpositive_counts(
     flag: str, value: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fails(["verify", "digits", "--images", "digits", flag, value], capsys, flag)
+
+
+# ---------------------------------------------------------------- conversion options
+
+
+def _sample_shape(model: onnx.ModelProto) -> list[int]:
+    return [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
+
+
+NOT_8X8 = sorted(n for n, build in ZOO.items() if _sample_shape(build()) != [1, 8, 8])
+
+
+@pytest.mark.parametrize("name", NOT_8X8)
+def test_compile_needs_calibration_images(
+    name: str, zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only 1×8×8 models default to the digits images; the others must say --calib."""
+    model = zoo_dir / f"{name}.onnx"
+    compile_fails(model, tmp_path, capsys, "calibration images", "--calib")
+    fails(["compile", model, "--dump-ir"], capsys, "--calib")  # and nothing on stdout
+    # the ANN-form pipelines need no calibration
+    ok(["compile", model, "--pipeline", "cleanup", "-o", tmp_path / "ann.tiles"], capsys)
+    assert read_artifact(tmp_path / "ann.tiles").meta.get("dataset") is None
+
+
+@pytest.mark.parametrize("value", ["0", "101", "abc", "-5", "nan", ""])
+def test_bad_percentile_is_a_usage_error(
+    value: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    err = fails(["compile", "digits", "--percentile", value], capsys, "--percentile")
+    assert "usage: bsnnc compile" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("value", "expected"), [("max", 100.0), ("100", 100.0), ("50", 50.0)])
+def test_percentile_values_that_work(
+    value: str, expected: float, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "d.tiles"
+    report = json.loads(
+        ok(["compile", "digits", "-o", out, "--percentile", value, "--json"], capsys)
+    )
+    assert report["calibration"]["percentile"] == expected
+    assert read_artifact(out).meta["conversion"]["percentile"] == expected
+    if expected == 100.0:
+        assert all(c["lambda"] == c["max"] for c in report["calibration"]["layers"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--reset", "half"], "invalid choice"),
+        (["--norm", "tensor"], "invalid choice"),
+        (["--calib-stat", "mean"], "invalid choice"),
+        (["--calib-limit", "0"], "--calib-limit"),
+        (["--calib-limit", "many"], "--calib-limit"),
+    ],
+)
+def test_bad_conversion_options(
+    argv: list[str],
+    fragment: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    err = fails(["compile", "digits", *argv], capsys, fragment)
+    assert "usage: bsnnc compile" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_calib_file_missing(
+    zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nowhere.npz"
+    compile_fails(
+        zoo_dir / "max_ceil.onnx", tmp_path, capsys, str(missing), extra=["--calib", missing]
+    )
+
+
+def test_calib_unknown_name(
+    zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    compile_fails(
+        zoo_dir / "max_ceil.onnx",
+        tmp_path,
+        capsys,
+        "'mnist'",
+        "digits",
+        "cifar10",
+        "cifar100",
+        "imagenet",
+        ".npz",
+        extra=["--calib", "mnist"],
+    )
+
+
+def test_calib_cifar_not_in_data_dir(
+    zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "data"
+    empty.mkdir()
+    compile_fails(
+        zoo_dir / "max_ceil.onnx",
+        tmp_path,
+        capsys,
+        "cifar-100-python.tar.gz",
+        str(empty.resolve()),
+        extra=["--calib", "cifar100", "--data-dir", empty],
+    )
+
+
+def test_calib_images_of_the_wrong_shape(
+    zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """max_ceil takes 3×11×11 images; the message names the file and both shapes."""
+    path = tmp_path / "small.npz"
+    np.savez(path, x=np.zeros((4, 1, 8, 8), np.float32))
+    compile_fails(
+        zoo_dir / "max_ceil.onnx",
+        tmp_path,
+        capsys,
+        str(path),
+        "[1, 8, 8]",
+        "[3, 11, 11]",
+        extra=["--calib", path],
+    )
+
+
+def test_opt_calibrating_pass_says_how(
+    zoo_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """opt cannot calibrate: its message must not point at an option opt lacks."""
+    d = tmp_path / "dump"
+    model, calib = zoo_data / "max_ceil.onnx", zoo_data / "max_ceil.npz"
+    ok(["compile", model, "--calib", calib, "--dump-ir", "--dump-dir", d], capsys)
+    stage = d / "03-insert-if-around-pooling.ir"
+    assert stage.is_file()
+    err = fails(["opt", stage, "--passes", "fold-threshold-normalization"], capsys, "calibrat")
+    opt_help = ok(["opt", "--help"], capsys)
+    assert "--calib" in opt_help or "compile" in err, err
+
+
+# ---------------------------------------------------------------- simulate
+
+
+@pytest.fixture(scope="module")
+def digits_tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``bsnnc compile digits -o digits.tiles``."""
+    out = tmp_path_factory.mktemp("digits") / "digits.tiles"
+    assert cli(["compile", "digits", "-o", out]) == 0
+    return out
+
+
+def test_simulate_artifact_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nowhere.tiles"
+    fails(["simulate", missing], capsys, str(missing), "no such file")
+
+
+def test_simulate_not_an_artifact(zoo_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = zoo_dir / "avg_before_relu.onnx"
+    fails(["simulate", model], capsys, str(model))
+
+
+def test_simulate_unconverted_artifact(
+    zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An ANN-form artifact (cleanup pipeline) is not a spiking network."""
+    ann = tmp_path / "ann.tiles"
+    ok(["compile", zoo_dir / "avg_before_relu.onnx", "--pipeline", "cleanup", "-o", ann], capsys)
+    fails(
+        ["simulate", ann, "--images", "digits", "--limit", "4", "-T", "2"],
+        capsys,
+        "member graph.ir is not a spiking network",
+        "recompile",
+    )
+    # the artifact is at fault whatever else is missing: that is reported first
+    fails(["simulate", ann], capsys, "not a spiking network")
+
+
+def test_simulate_unknown_image_set(digits_tiles: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fails(
+        ["simulate", digits_tiles, "--images", "cifar"],
+        capsys,
+        "'cifar'",
+        "digits",
+        "cifar10",
+        "cifar100",
+        "imagenet",
+        ".npz",
+    )
+
+
+def test_simulate_cifar_not_in_data_dir(
+    digits_tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "data"
+    empty.mkdir()
+    fails(
+        ["simulate", digits_tiles, "--images", "cifar100", "--data-dir", empty],
+        capsys,
+        "cifar-100-python.tar.gz",
+        str(empty.resolve()),
+        "--data-dir",
+    )
+    assert list(empty.iterdir()) == []
+
+
+def test_simulate_images_of_the_wrong_shape(
+    digits_tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "rgb.npz"
+    np.savez(path, x=np.zeros((4, 3, 11, 11), np.float32), y=np.zeros(4, np.int64))
+    fails(
+        ["simulate", digits_tiles, "--images", path, "-T", "2"],
+        capsys,
+        str(path),
+        "[3, 11, 11]",
+        "[1, 8, 8]",
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["-T", "0"], "--timesteps"),
+        (["--timesteps", "-4"], "--timesteps"),
+        (["--limit", "0"], "--limit"),
+        (["--batch", "0"], "--batch"),
+        (["--max-memory", "0"], "--max-memory"),
+        (["--max-memory", "lots"], "--max-memory"),
+        (["--early-exit", "soon"], "--early-exit"),
+        (["--backend", "rram"], "invalid choice"),
+    ],
+)
+def test_simulate_usage_errors(
+    argv: list[str], fragment: str, digits_tiles: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = fails(["simulate", digits_tiles, *argv], capsys, fragment)
+    assert "usage: bsnnc simulate" in err
+
+
+def test_simulate_plot(
+    digits_tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With matplotlib the curve is written (stdout stays pure JSON); without it the message
+    says what to install and nothing is written."""
+    png = tmp_path / "curve.png"
+    argv = ["simulate", digits_tiles, "--limit", "8", "-T", "4", "--json", "--plot", png]
+    if importlib.util.find_spec("matplotlib") is not None:
+        report = json.loads(ok(argv, capsys))
+        assert report["timesteps"] == 4 and len(report["accuracy_per_timestep"]) == 4
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        fails(argv, capsys, "matplotlib", "pip install")
+        assert not png.exists()
+
+
+def test_simulate_plot_needs_labels(
+    digits_tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "unlabelled.npz"
+    np.savez(path, x=np.zeros((3, 1, 8, 8), np.float32))
+    png = tmp_path / "curve.png"
+    fails(
+        ["simulate", digits_tiles, "--images", path, "-T", "2", "--plot", png], capsys, "labelled"
+    )
+    assert not png.exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="needs matplotlib")
+def test_simulate_plot_into_a_missing_directory(
+    digits_tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Like ``compile -o``, either the directory is made or the message names the path."""
+    png = tmp_path / "figures" / "curve.png"
+    argv = ["simulate", digits_tiles, "--limit", "8", "-T", "4", "--plot", png]
+    code = cli(argv)
+    _, err = capsys.readouterr()
+    assert "Traceback" not in err and "internal error" not in err, err
+    if code == 0:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert code == 2 and flat(str(png.parent)) in flat(err), err

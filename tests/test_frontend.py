@@ -43,6 +43,7 @@ EXPECTED_BINARY = {
     "matmul_reshape": [False, True, False],
     "sign_scale": [False, True, False],
     "vgg_small": [False, True, True, True, True, True, False],
+    "gap_binary": [False, True, True, False],
 }
 
 

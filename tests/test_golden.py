@@ -1,10 +1,12 @@
-"""Golden files: the IR of every zoo model after each stage of the default pipeline.
+"""Golden files: for every zoo model, the IR after each stage of the default pipeline (ANN →
+B-SNN) and a summary of a short simulation.
 
 Regenerate with ``pytest tests/test_golden.py --update-golden`` and review the diff.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,35 +14,63 @@ from conftest import GOLDEN
 from zoo import ZOO
 
 from bsnnc.compiler.frontend.importer import import_onnx
-from bsnnc.compiler.passes import PIPELINES, REGISTRY, PassManager, resolve
+from bsnnc.compiler.passes import (
+    PIPELINES,
+    REGISTRY,
+    PassContext,
+    PassManager,
+    PassOptions,
+    resolve,
+)
 from bsnnc.ir import parse, print_graph
 from bsnnc.ir.graph import Graph
+from bsnnc.runtime.datasets import load_images
+from bsnnc.runtime.simulate import metrics, run_chunks
+
+T = 16
 
 
-def stages(path: Path) -> dict[str, str]:
+def compile_stages(onnx_path: Path, calib: Path) -> tuple[dict[str, str], Graph]:
     """Stage file name → IR text, for import and every pass of the default pipeline."""
     out: dict[str, str] = {}
-    g = import_onnx(path)
+    g = import_onnx(onnx_path)
     out["00-import.ir"] = print_graph(g)
 
     def dump(i: int, name: str, graph: Graph) -> None:
         out[f"{i:02d}-{name}.ir"] = print_graph(graph)
 
-    PassManager(resolve(PIPELINES["default"], REGISTRY), dump).run(g)
-    return out
+    ctx = PassContext(PassOptions(calib=lambda: load_images(str(calib))))
+    g = PassManager(resolve(PIPELINES["default"], REGISTRY), dump, ctx).run(g)
+    return out, g
+
+
+def summary(g: Graph, images_path: Path) -> str:
+    images = load_images(str(images_path))
+    m = metrics(g, images, run_chunks(g, images, T, 32, early_exit=None), T, None)
+    keep = (
+        "accuracy_per_timestep",
+        "spike_rates",
+        "ifr",
+        "normalized_ops",
+        "predictions",
+        "spike_digest",
+    )
+    return json.dumps({k: m[k] for k in keep}, indent=1, sort_keys=True) + "\n"
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))
-def test_golden_ir(name: str, zoo_dir: Path, update_golden: bool) -> None:
-    actual = stages(zoo_dir / f"{name}.onnx")
+def test_golden_ir_and_simulation(name: str, zoo_data: Path, update_golden: bool) -> None:
+    data = zoo_data / f"{name}.npz"
+    actual, g = compile_stages(zoo_data / f"{name}.onnx", data)
+    actual["simulation.json"] = summary(g, data)
     folder = GOLDEN / name
     if update_golden:
         folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob("*.ir"):
+        for old in [*folder.glob("*.ir"), *folder.glob("*.json")]:
             old.unlink()
         for fname, text in actual.items():
             (folder / fname).write_text(text, encoding="utf-8")
-    expected = {p.name: p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.ir"))}
+    expected = {p.name: p.read_text(encoding="utf-8") for p in sorted(folder.iterdir())}
     assert sorted(expected) == sorted(actual), "stages changed: rerun with --update-golden"
     for fname, text in actual.items():
         assert text == expected[fname], f"{name}/{fname} differs from the golden file"

@@ -197,6 +197,15 @@ def vgg_small() -> onnx.ModelProto:
     return n.model()
 
 
+def gap_binary() -> onnx.ModelProto:
+    """Global average pooling after ReLU feeding a binary linear layer (an IF is inserted)."""
+    n = Net("gap_binary", (3, 8, 8), seed=8)
+    n.conv(3, 8).op("Relu").conv(8, 16, binary="tensor").op("Relu")
+    n.op("GlobalAveragePool").op("Flatten", axis=1)
+    n.gemm(16, 12, binary="tensor").op("Relu").gemm(12, 4)
+    return n.model()
+
+
 ZOO: dict[str, Callable[[], onnx.ModelProto]] = {
     "avg_before_relu": avg_before_relu,
     "max_ceil": max_ceil,
@@ -205,4 +214,5 @@ ZOO: dict[str, Callable[[], onnx.ModelProto]] = {
     "matmul_reshape": matmul_reshape,
     "sign_scale": sign_scale,
     "vgg_small": vgg_small,
+    "gap_binary": gap_binary,
 }

@@ -1,8 +1,10 @@
-"""Pass base class, the registry of passes, and the pass manager.
+"""Pass base class, pass options and context, the pass manager.
 
-A pass is a pure function Graph → Graph with a kebab-case name. The manager verifies the graph
-after every pass and can hand each intermediate graph to a dump callback (``--dump-ir-after``,
-``--dump-dir``) and time each pass.
+A pass is a pure function (Graph, PassContext) → Graph with a kebab-case name: the context
+carries the explicit options (reset mode, percentile, calibration images) and collects facts
+(calibration statistics) and notes (what was folded) for the report and the artifact. The
+manager verifies the graph after every pass and can hand each intermediate graph to a dump
+callback (``--dump-ir-after``, ``--dump-dir``) and time each pass.
 """
 
 from __future__ import annotations
@@ -10,10 +12,40 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Graph
 from bsnnc.ir.verifier import verify
+from bsnnc.runtime.datasets import Images
+
+
+@dataclass
+class PassOptions:
+    """Explicit options of the conversion passes (``bsnnc compile --help`` documents them)."""
+
+    #: IF reset mode: ``subtract`` (v -= θ) or ``zero`` (v = 0).
+    reset: str = "subtract"
+    #: percentile of the calibration statistic that maps to the maximum firing rate; 100 = max.
+    percentile: float = 99.7
+    #: ``layer`` (one threshold scale per layer) or ``channel`` (one per output channel).
+    granularity: str = "layer"
+    #: ``activations``: the percentile over all activation values (the authors' code);
+    #: ``image-max``: the percentile over each image's maximum activation (the paper's text).
+    statistic: str = "activations"
+    #: calibration images, loaded on first use.
+    calib: Callable[[], Images] | None = None
+    #: images per ANN batch during calibration.
+    calib_batch: int = 64
+
+
+@dataclass
+class PassContext:
+    """Options in, facts and notes out."""
+
+    options: PassOptions = field(default_factory=PassOptions)
+    facts: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -22,7 +54,7 @@ class Pass:
 
     name: str
     summary: str
-    run: Callable[[Graph], Graph]
+    run: Callable[[Graph, PassContext], Graph]
 
 
 DumpFn = Callable[[int, str, Graph], None]
@@ -34,13 +66,14 @@ class PassManager:
 
     passes: Sequence[Pass]
     dump: DumpFn | None = None
+    ctx: PassContext = field(default_factory=PassContext)
     timings: list[tuple[str, float]] = field(default_factory=list)
 
     def run(self, g: Graph, first_index: int = 1) -> Graph:
         """Apply every pass; ``dump(i, name, graph)`` is called after each one."""
         for i, p in enumerate(self.passes, start=first_index):
             t0 = time.perf_counter()
-            g = p.run(g)
+            g = p.run(g, self.ctx)
             verify(g)
             self.timings.append((p.name, time.perf_counter() - t0))
             if self.dump is not None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bsnnc.compiler.passes.base import Pass
+from bsnnc.compiler.passes.base import Pass, PassContext
 from bsnnc.ir.graph import Graph
 
 
-def canonicalize(g: Graph) -> Graph:
+def canonicalize(g: Graph, ctx: PassContext | None = None) -> Graph:
     """Rename results to their index among non-input nodes; constants in order of first use."""
     rename: dict[str, str] = {}
     counter = 0

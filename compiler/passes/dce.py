@@ -7,11 +7,11 @@ Pre: a verified graph. Post: the same outputs; only live nodes and used constant
 
 from __future__ import annotations
 
-from bsnnc.compiler.passes.base import Pass
+from bsnnc.compiler.passes.base import Pass, PassContext
 from bsnnc.ir.graph import Graph
 
 
-def dce(g: Graph) -> Graph:
+def dce(g: Graph, ctx: PassContext | None = None) -> Graph:
     """Keep the inputs and the nodes that outputs depend on, then the constants those read."""
     nodes = g.node_map()
     live: set[str] = set()

@@ -1,0 +1,197 @@
+"""``bsnnc simulate``: run a compiled B-SNN on images and report accuracy over time, spike
+rates, normalized #OPS and early exit."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from bsnnc.compiler.console import emit_json, err, positive_int, size_arg
+from bsnnc.compiler.options import check_images
+from bsnnc.ir.errors import BsnncError
+from bsnnc.ir.graph import Graph
+from bsnnc.runtime.artifact import read_artifact
+from bsnnc.runtime.datasets import Images, load_images
+from bsnnc.runtime.simulate import ann_accuracy, chunk_size, conversion_summary, metrics, run_chunks
+
+
+def add_parser(sub: Any) -> None:
+    """Register the command."""
+    p = sub.add_parser(
+        "simulate",
+        help="run a compiled .tiles artifact on images",
+        description="Simulate the binary spiking network in ARTIFACT for T timesteps on an image "
+        "set: accuracy at every timestep, ANN accuracy beside it, spike rates per layer, "
+        "normalized #OPS, early exit.",
+    )
+    p.add_argument("artifact", type=Path, help="a .tiles file written by bsnnc compile")
+    p.add_argument(
+        "--images",
+        help="digits, cifar10, cifar100, imagenet or an .npz "
+        "(default: the test split of the artifact's calibration data set)",
+    )
+    p.add_argument(
+        "--timesteps", "-T", type=positive_int, default=64, help="timesteps (default: %(default)s)"
+    )
+    p.add_argument(
+        "--early-exit",
+        type=float,
+        metavar="V",
+        help="stop an image once its max final membrane exceeds V",
+    )
+    p.add_argument("--limit", type=positive_int, help="use the first N images")
+    p.add_argument(
+        "--batch",
+        type=positive_int,
+        default=128,
+        help="images per chunk at most (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-memory",
+        type=size_arg,
+        default="2G",
+        help="memory bound per chunk, e.g. 512M, 4G (default: %(default)s)",
+    )
+    p.add_argument(
+        "--backend", choices=("numpy",), default="numpy", help="simulator (default: %(default)s)"
+    )
+    p.add_argument(
+        "--data-dir", help="directory of cifar/imagenet data (default: $BSNNC_DATA or ./data)"
+    )
+    p.add_argument("--no-ann", action="store_true", help="skip the ANN accuracy")
+    p.add_argument("--json", action="store_true", help="print one JSON object to stdout")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="write the accuracy-vs-timestep curve (needs matplotlib)",
+    )
+    p.set_defaults(func=run)
+
+
+def _images(args: argparse.Namespace, meta: dict[str, Any]) -> Images:
+    spec = args.images or meta.get("dataset")
+    if spec is None:
+        raise BsnncError("no --images given and the artifact records no data set; pass --images")
+    return load_images(spec, split="test", limit=args.limit, root=args.data_dir)
+
+
+def _spiking_graph(path: Path) -> Graph:
+    g = read_artifact(path).graph
+    if not any(n.op == "readout" for n in g.nodes):
+        raise BsnncError(
+            f"{path}: member graph.ir is not a spiking network (no readout); recompile it with "
+            "the default pipeline: bsnnc compile MODEL --calib ..."
+        )
+    return g
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``simulate``; returns the exit code."""
+    art = read_artifact(args.artifact)
+    g = _spiking_graph(args.artifact)
+    images = check_images(_images(args, art.meta), g, "--images")
+    T = args.timesteps
+    size = chunk_size(g, T, args.batch, args.max_memory)
+    t0 = time.perf_counter()
+    with Progress(
+        TextColumn("simulating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("", total=len(images))
+        chunks = run_chunks(g, images, T, size, args.early_exit, lambda n: bar.advance(task, n))
+    seconds = time.perf_counter() - t0
+    out = metrics(g, images, chunks, T, args.early_exit)
+    ann = None if args.no_ann else ann_accuracy(g, images)[0]
+    conversion_summary(out, ann)
+    out.update(
+        {
+            "backend": args.backend,
+            "artifact": str(args.artifact),
+            "images_source": images.name,
+            "seconds": round(seconds, 3),
+            "image_timesteps_per_second": round(len(images) * T / seconds, 1) if seconds else None,
+            "reset": art.meta.get("conversion", {}).get("reset"),
+        }
+    )
+    if args.plot is not None:
+        plot_curve(args.plot, out)
+    if args.json:
+        emit_json(out)
+    else:
+        _print(out)
+    return 0
+
+
+def plot_curve(path: Path, out: dict[str, Any]) -> None:
+    """Accuracy vs timestep (and the ANN accuracy) as a PNG."""
+    curve = out.get("accuracy_per_timestep")
+    if curve is None:
+        raise BsnncError("--plot needs labelled images (the image set has no y)")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise BsnncError("--plot needs matplotlib: pip install 'bsnnc[plot]'") from None
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(range(1, len(curve) + 1), [100 * a for a in curve], label="B-SNN")
+    if out.get("ann_accuracy") is not None:
+        ax.axhline(100 * out["ann_accuracy"], color="gray", linestyle="--", label="ANN")
+    ax.set_xlabel("timestep")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"{out['images_source']}: accuracy vs timestep")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    except OSError as e:
+        raise BsnncError(f"{path}: cannot write the plot ({e.strerror or e})") from None
+    finally:
+        plt.close(fig)
+    err.print(f"wrote {path}")
+
+
+def _print(out: dict[str, Any]) -> None:
+    curve = out.get("accuracy_per_timestep")
+    t = Table(
+        title=f"B-SNN on {out['images']} images ({out['images_source']}), T={out['timesteps']}",
+        title_justify="left",
+    )
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    if out.get("ann_accuracy") is not None:
+        t.add_row("ANN accuracy", f"{out['ann_accuracy']:.2%}")
+    if curve is not None:
+        T = len(curve)
+        for step in sorted({s for s in (8, 16, 32, 64, 128, 256) if s < T} | {T}):
+            t.add_row(f"SNN accuracy at T={step}", f"{curve[step - 1]:.2%}")
+        t.add_row("final accuracy", f"{out['final_accuracy']:.2%}")
+    if out.get("conversion_loss") is not None:
+        t.add_row("conversion loss", f"{100 * out['conversion_loss']:.2f} points")
+        first = out.get("first_timestep_within_1pt")
+        t.add_row("first T within 1 point of ANN", str(first) if first else "never")
+    t.add_row("normalized #OPS", f"{out['normalized_ops']:.3f}")
+    if "mean_exit_step" in out:
+        t.add_row(f"mean exit step (V={out['early_exit']:g})", f"{out['mean_exit_step']:.1f}")
+    t.add_row("throughput", f"{out['image_timesteps_per_second']:,.0f} image·timesteps/s")
+    err.print(t)
+    r = Table(title="per layer", title_justify="left")
+    r.add_column("IF layer")
+    r.add_column("spike rate / step", justify="right")
+    for k, v in out["spike_rates"].items():
+        r.add_row(k, f"{v:.4f}")
+    err.print(r)

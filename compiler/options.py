@@ -1,0 +1,96 @@
+"""The conversion options shared by ``bsnnc compile`` and ``bsnnc opt``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from bsnnc.compiler.console import percentile_arg, positive_int
+from bsnnc.compiler.passes import PassOptions
+from bsnnc.ir.errors import DataError
+from bsnnc.ir.graph import Graph
+from bsnnc.runtime.datasets import Images, load_images
+
+
+def add_conversion_options(p: Any) -> None:
+    """Add the ``conversion (ANN → B-SNN)`` option group to a parser."""
+    conv = p.add_argument_group("conversion (ANN → B-SNN)")
+    conv.add_argument(
+        "--reset",
+        choices=("subtract", "zero"),
+        default="subtract",
+        help="IF reset: subtract θ (default, lower latency) or reset to zero",
+    )
+    conv.add_argument(
+        "--percentile",
+        type=percentile_arg,
+        default=99.7,
+        help="percentile of the calibration statistic that maps to the maximum rate, or 'max' "
+        "(default: %(default)s)",
+    )
+    conv.add_argument(
+        "--norm",
+        choices=("layer", "channel"),
+        default="layer",
+        help="one threshold scale per layer (default) or per output channel (approximate)",
+    )
+    conv.add_argument(
+        "--calib-stat",
+        choices=("image-max", "activations"),
+        default="image-max",
+        help="statistic: each image's maximum activation (default, the paper) or every "
+        "activation value (the authors' code)",
+    )
+    conv.add_argument(
+        "--calib",
+        metavar="NAME|PATH",
+        help="calibration images: digits, cifar10, cifar100, imagenet or an .npz; the training "
+        "split is used (default: digits for 1×8×8 models, otherwise required)",
+    )
+    conv.add_argument(
+        "--calib-limit",
+        type=positive_int,
+        default=512,
+        help="calibration images to use (default: %(default)s; the paper used 3500 for "
+        "CIFAR-100 and 80 for ImageNet)",
+    )
+    conv.add_argument(
+        "--data-dir", help="directory of cifar/imagenet data (default: $BSNNC_DATA or ./data)"
+    )
+
+
+def check_images(images: Images, g: Graph, what: str) -> Images:
+    """``images`` unless their per-sample shape differs from the graph input's (then a
+    :class:`DataError` naming both)."""
+    want = tuple(int(d or 0) for d in g.inputs()[0].type.shape[1:])
+    got = tuple(images.x.shape[1:])
+    if got != want:
+        raise DataError(
+            f"{what} {images.name}: images are {list(got)} per sample, the model expects "
+            f"{list(want)}"
+        )
+    return images
+
+
+def pass_options(args: argparse.Namespace, g: Graph) -> PassOptions:
+    """PassOptions from the parsed conversion options; calibration images load lazily
+    (default: digits for 1×8×8 models)."""
+    spec = args.calib
+    if spec is None and tuple(g.inputs()[0].type.shape[1:]) == (1, 8, 8):
+        spec = "digits"
+    if spec is not None and Path(spec).suffix == ".npz":
+        spec = str(Path(spec).resolve())
+    limit, root = args.calib_limit, args.data_dir
+
+    def calib() -> Images:
+        assert spec is not None
+        return check_images(load_images(spec, split="train", limit=limit, root=root), g, "--calib")
+
+    return PassOptions(
+        reset=args.reset,
+        percentile=args.percentile,
+        granularity=args.norm,
+        statistic=args.calib_stat,
+        calib=calib if spec is not None else None,
+    )

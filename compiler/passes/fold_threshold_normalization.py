@@ -1,0 +1,214 @@
+"""fold-threshold-normalization: calibrate, then fold α, scales and the normalization factors
+into IF thresholds and constant currents, so that crossbar weights stay exactly ±1.
+
+Pre: insert-if-around-pooling ran (spiking form, θ = 1 placeholders). Post: every ``if`` has
+its threshold; no ``scale`` feeds an ``if``; a ``bias`` before an ``if`` is its constant
+current per step; the final ``readout`` accumulates ``V_t ≈ t · logits``.
+
+The algebra. Calibration (:mod:`bsnnc.compiler.calibrate`) gives λ_l for each IF layer: the
+ANN activation that should fire at the maximum rate, so that the rate is ``r_l ≈ a_l / λ_l``.
+After fold-scales, layer l computes ``a_l = relu(s ⊙ P(W·a_{l−1}) + b)`` (P: pooling, linear or
+max; W: ±1 or full precision; s > 0). Its IF neuron integrates the current ``I = P(W·S_{l−1})``
+of the previous layer's spikes (mean ``Ī = P(W·a_{l−1}) / λ_{l−1}``) plus a constant current β
+per step, and fires at the rate ``(Ī + β) / θ``. Requiring ``r_l = a_l / λ_l``::
+
+    a_l / λ_l = (s·λ_{l−1} / λ_l) · relu(Ī + b / (s·λ_{l−1}))
+    ⇒  θ = λ_l / (s·λ_{l−1}),   β = b / (s·λ_{l−1})
+
+with λ_0 = 1 for the (constant, real-valued) network input. The final layer has no threshold:
+``logits = s ⊙ W·a + b = (s·λ_{L−1}) ⊙ W·r + b``, so the readout's scale is multiplied by
+λ_{L−1}. Read as an ANN (``if`` = relu(x)/θ, ``readout`` = identity) the folded graph computes
+the same logits as the original — the equivalence the tests check.
+
+θ and β are rounded to a dyadic grid q = 2^(⌊log2 min θ⌋ − 20) (20 significant bits), so
+thresholds are integers Θ = θ/q in units of q and the membrane arithmetic of binary layers
+(integer currents) is exact.
+
+With ``channel`` granularity λ_l is per output channel; the next layer still sees one input
+scale (the maximum of λ_{l−1} over channels), which only approximates equivalence — the ±1
+weights cannot absorb per-input-channel factors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from rich.progress import Progress
+
+from bsnnc.compiler.calibrate import Calibrator, LayerStat, batches
+from bsnnc.compiler.console import err
+from bsnnc.compiler.passes.affine import channel_param, emit_scale_bias
+from bsnnc.compiler.passes.base import Pass, PassContext
+from bsnnc.ir.builder import Rewriter
+from bsnnc.ir.errors import BsnncError
+from bsnnc.ir.graph import Graph, Node
+from bsnnc.ir.types import Kind
+from bsnnc.ir.verifier import verify_spiking
+
+SIGNIFICANT_BITS = 20
+_THROUGH = (
+    "scale",
+    "bias",
+    "avgpool",
+    "maxpool",
+    "global_avgpool",
+    "flatten",
+    "reshape",
+    "conv2d",
+    "dense",
+)
+
+
+def dyadic_step(theta: np.ndarray) -> float:
+    """q = 2^(⌊log2 min θ⌋ − 20): every θ keeps at least 20 significant bits."""
+    return float(2.0 ** (np.floor(np.log2(np.min(theta))) - SIGNIFICANT_BITS))
+
+
+def _affine_chain(g: Graph, n: Node) -> tuple[list[Node], str]:
+    """The single-use scale/bias nodes right before ``n`` (in forward order) and their input."""
+    nodes, users = g.node_map(), g.users()
+    chain: list[Node] = []
+    cur = n.value_operands()[0]
+    while nodes[cur].op in ("scale", "bias") and len(users[cur]) == 1:
+        chain.append(nodes[cur])
+        cur = nodes[cur].value_operands()[0]
+    return list(reversed(chain)), cur
+
+
+def _compose(g: Graph, chain: list[Node], channels: int) -> tuple[np.ndarray, np.ndarray]:
+    s, b = np.ones(channels), np.zeros(channels)
+    for n in chain:
+        if n.op == "scale":
+            f = channel_param(g, n, "factor")
+            s, b = s * f, b * f
+        else:
+            b = b + channel_param(g, n, "value")
+    return s, b
+
+
+def _lambda_in(g: Graph, value: str, lam: dict[str, np.ndarray]) -> float:
+    """λ of the IF layer whose spikes feed ``value`` through linear ops (1 for the input)."""
+    nodes = g.node_map()
+    cur = nodes[value]
+    while cur.op in _THROUGH:
+        cur = nodes[cur.value_operands()[0]]
+    if cur.op == "if":
+        return float(np.max(lam[cur.result]))
+    if cur.op == "input":
+        return 1.0
+    raise BsnncError(f"fold-threshold-normalization: {cur.where()}: unexpected op on the path")
+
+
+def _calibrate(g: Graph, ctx: PassContext) -> list[LayerStat]:
+    opts = ctx.options
+    if opts.calib is None:
+        raise BsnncError(
+            "fold-threshold-normalization needs calibration images: pass --calib NAME|PATH"
+        )
+    images = opts.calib()
+    p = 100.0 if opts.percentile >= 100 else opts.percentile
+    cal = Calibrator(g, len(images), p, opts.statistic, opts.granularity == "channel")
+    with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task(f"calibrating on {len(images)} images", total=len(images))
+        for x in batches(images, opts.calib_batch):
+            cal.add(x)
+            bar.advance(task, x.shape[0])
+    stats = cal.result()
+    ctx.facts["calibration"] = {
+        "images": len(images),
+        "source": images.name,
+        "statistic": opts.statistic,
+        "percentile": p,
+        "granularity": opts.granularity,
+        "layers": [
+            {
+                "node": f"%{s.node}",
+                "loc": s.loc,
+                "lambda": s.lam.tolist(),
+                "max": s.maximum.tolist(),
+            }
+            for s in stats
+        ],
+    }
+    return stats
+
+
+def _emit_if(rw: Rewriter, g: Graph, n: Node, lam: dict[str, np.ndarray], ctx: PassContext) -> None:
+    chain, src = _affine_chain(g, n)
+    channels = int(n.type.shape[1] or 1)
+    s, b = _compose(g, chain, channels)
+    lam_in = _lambda_in(g, src, lam)
+    theta = lam[n.result] * np.ones(channels) / (s * lam_in)
+    beta = b / (s * lam_in)
+    q = dyadic_step(theta)
+    theta, beta = np.round(theta / q) * q, np.round(beta / q) * q
+    name = (n.loc or n.result).strip("/").replace("/", ".")
+    x = emit_scale_bias(rw, rw.env[src], np.ones(channels), beta, name, n.loc)
+    attrs = {"reset": n.attrs["reset"], "axis": 1}
+    if np.all(theta == theta[0]):
+        rw.env[n.result] = rw.add("if", [x], {**attrs, "theta": float(theta[0])}, loc=n.loc)
+    else:
+        c = rw.const(f"{name}.theta", Kind.F32, theta.astype(np.float32))
+        rw.env[n.result] = rw.add("if", [x, c], {**attrs, "theta": 1.0}, loc=n.loc)
+    folded = ", ".join(c.loc or c.op for c in chain) or "nothing"
+    ctx.notes.append(
+        f"fold-threshold-normalization: {n.loc or n.result}: θ = {_summary(theta)} "
+        f"(λ = {_summary(lam[n.result])}, λ_in = {lam_in:.4g}; folded: {folded})"
+    )
+
+
+def _summary(v: np.ndarray) -> str:
+    v = np.atleast_1d(v)
+    return f"{v[0]:.4g}" if np.all(v == v[0]) else f"{v.min():.4g}..{v.max():.4g}"
+
+
+def _emit_readout(rw: Rewriter, g: Graph, n: Node, lam: dict[str, np.ndarray]) -> None:
+    chain, src = _affine_chain(g, n)
+    channels = int(n.type.shape[1] or 1)
+    s, b = _compose(g, chain, channels)
+    lam_in = _lambda_in(g, src, lam)
+    name = (n.loc or n.result).strip("/").replace("/", ".")
+    x = emit_scale_bias(rw, rw.env[src], s * lam_in, b, name, n.loc)
+    rw.env[n.result] = rw.add("readout", [x], loc=n.loc)
+
+
+def fold_threshold_normalization(g: Graph, ctx: PassContext) -> Graph:
+    """See the module docstring."""
+    verify_spiking(g)
+    stats = _calibrate(g, ctx)
+    lam = {s.node: s.lam for s in stats}
+    skip = {c.result for n in g.nodes if n.op in ("if", "readout") for c in _affine_chain(g, n)[0]}
+    rw = Rewriter(g)
+    for n in g.nodes:
+        if n.result in skip:
+            continue
+        if n.op == "if":
+            _emit_if(rw, g, n, lam, ctx)
+        elif n.op == "readout":
+            _emit_readout(rw, g, n, lam)
+        else:
+            rw.copy(n)
+    return rw.finish_from_source()
+
+
+def name_calibrated_layers(facts: dict[str, Any], g: Graph) -> None:
+    """Point the calibration facts' ``node`` at the IF values of the final graph ``g``.
+
+    Later passes (dce, canonicalize) rename values but keep the IF layers, their order and
+    their locs; each calibrated layer is matched to the next final IF with the same loc."""
+    layers = (facts.get("calibration") or {}).get("layers", [])
+    finals = [n for n in g.nodes if n.op == "if"]
+    i = 0
+    for layer in layers:
+        while i < len(finals) and (finals[i].loc or "") != layer["loc"]:
+            i += 1
+        layer["node"] = f"%{finals[i].result}" if i < len(finals) else None
+        i += 1
+
+
+PASS = Pass(
+    "fold-threshold-normalization",
+    "calibrate percentile thresholds; fold α, scales and λ into thresholds",
+    fold_threshold_normalization,
+)

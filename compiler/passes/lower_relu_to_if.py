@@ -1,0 +1,35 @@
+"""lower-relu-to-if: every ReLU becomes an integrate-and-fire neuron; outputs accumulate.
+
+Pre: fold-scales ran (ANN form). Post: no ``relu`` remains; each is ``if {theta=1.0,
+reset=<option>}`` (thresholds are set by fold-threshold-normalization), and every graph output
+``y`` is replaced by ``readout(y)``, the final layer's membrane accumulated over time, with no
+threshold. Read as an ANN (rates), ``if`` with θ = 1 is ``relu`` and ``readout`` is the identity,
+so the graph still computes the same function.
+"""
+
+from __future__ import annotations
+
+from bsnnc.compiler.passes.base import Pass, PassContext
+from bsnnc.ir.builder import Rewriter
+from bsnnc.ir.errors import BsnncError
+from bsnnc.ir.graph import Graph
+
+
+def lower_relu_to_if(g: Graph, ctx: PassContext) -> Graph:
+    """See the module docstring."""
+    if any(n.op == "readout" for n in g.nodes):
+        raise BsnncError("lower-relu-to-if: the graph is already lowered (it has a readout)")
+    rw = Rewriter(g)
+    reset = ctx.options.reset
+    for n in g.nodes:
+        if n.op == "relu":
+            x = rw.operand(n.operands[0])
+            rw.env[n.result] = rw.add("if", [x], {"theta": 1.0, "reset": reset}, loc=n.loc)
+        else:
+            rw.copy(n)
+    for o in g.outputs:
+        rw.env[o] = rw.add("readout", [rw.env[o]], loc=g.node_map()[o].loc)
+    return rw.finish_from_source()
+
+
+PASS = Pass("lower-relu-to-if", "ReLU → IF neuron; outputs → readout", lower_relu_to_if)

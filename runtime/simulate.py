@@ -1,0 +1,181 @@
+"""Simulation driver: runs a spiking graph over an image set in memory-bounded chunks and
+computes the metrics.
+
+Metrics (T timesteps, N images):
+
+* accuracy per timestep: ``mean_n [argmax V_n[t] = y_n]`` for t = 1..T;
+* spike rate of an IF layer: spikes / (neurons · T · N) — the mean firing probability per step;
+* IFR of a binary layer's input (the paper): spikes arriving over the window / input neurons,
+  averaged over images;
+* normalized #OPS (the paper): ``Σ_l IFR_l·OPS_l / Σ_l OPS_l`` over binary layers, with
+  ``OPS_l`` the ANN operation count (conv ``nIP·kH·kW·nOP·oH·oW``, linear ``iS·oS``); 1.0 is the
+  work of one ANN pass;
+* early exit at V: an image stops at the first step where ``max_k V[t, k] > V`` (else at T);
+  its prediction and its spikes (hence its #OPS) are counted up to that step. Spikes at step t
+  depend only on steps ≤ t, so this equals stopping the simulation there;
+* the spike digest: sha256 over, per image in order, the sha256 of every IF layer's spike
+  count per neuron over the window — equal whenever two runs produce the same spikes,
+  whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bsnnc.compiler.report import layer_ops
+from bsnnc.ir.graph import Graph
+from bsnnc.runtime.ann import run_ann
+from bsnnc.runtime.datasets import Images
+from bsnnc.runtime.snn import SnnRuntime, SnnTrace
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class Chunks:
+    """Per-image results gathered chunk by chunk."""
+
+    preds: list[np.ndarray] = field(default_factory=list)  # [T, n] argmax per step
+    exit_step: list[np.ndarray] = field(default_factory=list)  # [n], 1-based
+    spikes: dict[str, list[np.ndarray]] = field(default_factory=dict)  # IF → [T, n]
+    inputs: dict[str, list[np.ndarray]] = field(default_factory=dict)  # binary → [T, n]
+    image_digests: list[bytes] = field(default_factory=list)
+
+
+def bytes_per_image(g: Graph, T: int) -> int:
+    """A rough peak of memory per image: the two largest activations over T steps, as float32,
+    plus the float64 membrane of the largest IF layer."""
+    sizes = sorted((n.type.numel_per_sample() for n in g.nodes), reverse=True)
+    return int(T * 4 * (sizes[0] + (sizes[1] if len(sizes) > 1 else 0)) * 2 + 8 * sizes[0])
+
+
+def chunk_size(g: Graph, T: int, batch: int, max_memory: int) -> int:
+    """Images per chunk: at most ``batch``, and within ``max_memory`` bytes."""
+    return max(1, min(batch, max_memory // max(bytes_per_image(g, T), 1)))
+
+
+def exit_steps(final: np.ndarray, threshold: float | None) -> np.ndarray:
+    """1-based step at which each image exits (T when it never crosses the threshold)."""
+    T = final.shape[0]
+    if threshold is None:
+        return np.full(final.shape[1], T, np.int64)
+    crossed = final.max(axis=2) > threshold  # [T, n]
+    first = np.argmax(crossed, axis=0) + 1
+    return np.asarray(np.where(crossed.any(axis=0), first, T), dtype=np.int64)
+
+
+def _digests(trace: SnnTrace) -> list[bytes]:
+    n = trace.final.shape[1]
+    out = []
+    for i in range(n):
+        h = hashlib.sha256()
+        for layer in sorted(trace.per_neuron, key=_numeric):
+            h.update(layer.encode())
+            h.update(np.ascontiguousarray(trace.per_neuron[layer][i], dtype="<i4").tobytes())
+        out.append(h.digest())
+    return out
+
+
+def _numeric(name: str) -> tuple[int, str]:
+    return (int(name), "") if name.isdigit() else (1 << 62, name)
+
+
+def run_chunks(
+    g: Graph,
+    images: Images,
+    T: int,
+    size: int,
+    early_exit: float | None,
+    progress: Progress | None = None,
+) -> Chunks:
+    """Simulate every image, ``size`` at a time."""
+    rt = SnnRuntime(g)
+    acc = Chunks()
+    for s in range(0, len(images), size):
+        trace = rt.run(images.x[s : s + size], T)
+        acc.preds.append(trace.final.argmax(axis=2).astype(np.int32))
+        acc.exit_step.append(exit_steps(trace.final, early_exit))
+        for k, v in trace.spikes.items():
+            acc.spikes.setdefault(k, []).append(v)
+        for k, v in trace.layer_input.items():
+            acc.inputs.setdefault(k, []).append(v)
+        acc.image_digests.extend(_digests(trace))
+        if progress is not None:
+            progress(trace.final.shape[1])
+    return acc
+
+
+def _upto(counts: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Per image, the sum of counts[t] for t < its exit step."""
+    T = counts.shape[0]
+    mask = np.arange(1, T + 1)[:, None] <= steps[None, :]
+    return np.asarray((counts * mask).sum(axis=0))
+
+
+def metrics(
+    g: Graph, images: Images, chunks: Chunks, T: int, early_exit: float | None
+) -> dict[str, Any]:
+    """Every number ``bsnnc simulate --json`` reports (see the README for the schema)."""
+    nodes = g.node_map()
+    preds = np.concatenate(chunks.preds, axis=1)  # [T, N]
+    steps = np.concatenate(chunks.exit_step)
+    n_img = preds.shape[1]
+    final_pred = preds[steps - 1, np.arange(n_img)]
+    out: dict[str, Any] = {"images": n_img, "timesteps": T, "predictions": final_pred.tolist()}
+    if images.y is not None:
+        curve = (preds == images.y[None, :]).mean(axis=1)
+        out["accuracy_per_timestep"] = [float(a) for a in curve]
+        out["final_accuracy"] = float(np.mean(final_pred == images.y))
+    rates = {}
+    for k, parts in chunks.spikes.items():
+        total = sum(float(p.sum()) for p in parts)
+        rates[_label(nodes[k])] = total / (nodes[k].type.numel_per_sample() * T * n_img)
+    out["spike_rates"] = rates
+    ifr, ops = {}, {}
+    for k, parts in chunks.inputs.items():
+        counts = np.concatenate(parts, axis=1)
+        x = nodes[nodes[k].value_operands()[0]]
+        ifr[_label(nodes[k])] = float(_upto(counts, steps).mean() / x.type.numel_per_sample())
+        ops[_label(nodes[k])] = layer_ops(g, nodes[k])
+    out["ifr"] = ifr
+    out["layer_ops"] = ops
+    total_ops = sum(ops.values())
+    out["normalized_ops"] = sum(ifr[k] * ops[k] for k in ops) / total_ops if total_ops else 0.0
+    digest = hashlib.sha256(b"".join(chunks.image_digests)).hexdigest()
+    out["spike_digest"] = digest
+    if early_exit is not None:
+        out["early_exit"] = early_exit
+        out["mean_exit_step"] = float(steps.mean())
+        out["exit_step_histogram"] = np.bincount(steps, minlength=T + 1)[1:].tolist()
+    return out
+
+
+def _label(n: Any) -> str:
+    return f"%{n.result}" + (f" {n.loc}" if n.loc else "")
+
+
+def ann_accuracy(g: Graph, images: Images, batch: int = 256) -> tuple[float | None, np.ndarray]:
+    """Accuracy and predictions of the graph read as an ANN (``if`` = relu(x)/θ)."""
+    preds = []
+    for s in range(0, len(images), batch):
+        logits = run_ann(g, images.x[s : s + batch])[g.outputs[0]]
+        preds.append(logits.argmax(axis=1))
+    p = np.concatenate(preds)
+    acc = float(np.mean(p == images.y)) if images.y is not None else None
+    return acc, p
+
+
+def conversion_summary(out: dict[str, Any], ann_acc: float | None) -> None:
+    """Adds ``ann_accuracy``, ``conversion_loss`` and ``first_timestep_within_1pt``."""
+    out["ann_accuracy"] = ann_acc
+    curve = out.get("accuracy_per_timestep")
+    if ann_acc is None or curve is None:
+        return
+    out["conversion_loss"] = ann_acc - curve[-1]
+    within = [t + 1 for t, a in enumerate(curve) if a >= ann_acc - 0.01]
+    out["first_timestep_within_1pt"] = within[0] if within else None

@@ -1,0 +1,176 @@
+"""The numpy spiking runtime: the reference semantics of a B-SNN over T timesteps.
+
+Semantics (per image, timestep t = 1..T):
+
+* the network input is applied directly as a constant current at every step;
+* an ``if`` neuron integrates ``v ← v + z[t]``, emits ``s[t] = 1`` when ``v ≥ θ``, then resets
+  ``v ← v − θ`` (subtract) or ``v ← 0`` (zero); membranes start at 0 and are float64;
+* a ``readout`` accumulates ``V[t] = Σ_{τ ≤ t} z[τ]`` with no threshold, and the prediction at
+  step t is ``argmax V[t]`` — one run gives the whole accuracy-vs-timestep curve.
+
+Execution is layer by layer, not step by step: each layer is computed for all T steps of a
+batch of images at once (one large product over T·N inputs), then the IF scan over time is a
+cheap elementwise loop. Values that do not change over time (the input and everything computed
+from it before the first IF: the first layer's current) are computed once. Products of spikes
+with ±1 weights are exact integers (:mod:`bsnnc.runtime.intkernels`); full-precision products
+of spikes are computed in float64, which is exact for 0/1 inputs and so independent of the
+summation order. The images are processed in chunks that fit ``max_memory``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bsnnc.ir.errors import BsnncError
+from bsnnc.ir.graph import Graph, Node, attr_float, attr_int, attr_ints
+from bsnnc.ir.types import Kind
+from bsnnc.ir.verifier import verify_spiking
+from bsnnc.runtime import kernels as K
+from bsnnc.runtime.ann import ANN_KERNELS, last_uses
+from bsnnc.runtime.intkernels import SpikeConv, SpikeDense
+
+
+@dataclass
+class Value:
+    """A tensor over time: ``data`` is [T, N, ...] or, when ``static``, [N, ...] for every t."""
+
+    data: np.ndarray
+    static: bool
+
+
+@dataclass
+class SnnTrace:
+    """What one run records, for a chunk of N images."""
+
+    #: readout membrane after every step, [T, N, classes] (the first graph output)
+    final: np.ndarray
+    #: per IF layer (result name): spikes per step and image, [T, N]
+    spikes: dict[str, np.ndarray] = field(default_factory=dict)
+    #: per IF layer: spikes per neuron over the window, [N, neurons] (for the spike digest)
+    per_neuron: dict[str, np.ndarray] = field(default_factory=dict)
+    #: per binary layer (result name): spikes arriving at its input per step and image, [T, N]
+    layer_input: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def if_scan(z: Value, theta: np.ndarray | float, reset: str, T: int) -> np.ndarray:
+    """Integrate-and-fire over T steps; returns spikes [T, N, ...] as uint8."""
+    shape = z.data.shape if z.static else z.data.shape[1:]
+    v = np.zeros(shape, np.float64)
+    out = np.empty((T, *shape), np.uint8)
+    th = np.asarray(theta, np.float64)
+    for t in range(T):
+        v += z.data if z.static else z.data[t]
+        fired = v >= th
+        out[t] = fired
+        if reset == "subtract":
+            v -= fired * th
+        else:
+            v[fired] = 0.0
+    return out
+
+
+class SnnRuntime:
+    """Executes a spiking-form graph (see the module docstring)."""
+
+    def __init__(self, g: Graph) -> None:
+        verify_spiking(g)
+        if not any(n.op == "readout" for n in g.nodes):
+            raise BsnncError("the graph has no readout: compile it with the default pipeline")
+        self.g = g
+        self._fast: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+        for n in g.nodes:
+            if n.op in ("conv2d", "dense") and self._is_binary(n):
+                self._fast[n.result] = self._fast_kernel(n)
+
+    def _is_binary(self, n: Node) -> bool:
+        return self.g.constants[n.const_operands()[0]].type.kind == Kind.BIPOLAR
+
+    def _fast_kernel(self, n: Node) -> Callable[[np.ndarray], np.ndarray]:
+        w = self.g.constants[n.const_operands()[0]].array()
+        if n.op == "dense":
+            return SpikeDense(w)
+        pad = attr_ints(n.attrs, "pad")
+        stride, dil = attr_ints(n.attrs, "stride"), attr_ints(n.attrs, "dilation")
+        return SpikeConv(
+            w, (stride[0], stride[1]), (pad[0], pad[1], pad[2], pad[3]), (dil[0], dil[1])
+        )
+
+    def run(self, x: np.ndarray, T: int) -> SnnTrace:
+        """Simulate T steps on the images ``x`` [N, C, H, W]."""
+        env: dict[str, Value] = {}
+        trace = SnnTrace(final=np.zeros(0))
+        last = last_uses(self.g)
+        for i, n in enumerate(self.g.nodes):
+            env[n.result] = self._node(n, env, x, T, trace)
+            for v in last.get(i, []):
+                env.pop(v, None)
+        out = env[self.g.outputs[0]]
+        trace.final = out.data
+        return trace
+
+    def _node(
+        self, n: Node, env: dict[str, Value], x: np.ndarray, T: int, trace: SnnTrace
+    ) -> Value:
+        if n.op == "input":
+            return Value(np.ascontiguousarray(x, np.float32), True)
+        ins = [env[o[1:]] for o in n.operands if o.startswith("%")]
+        consts = [self.g.constants[c].array() for c in n.const_operands()]
+        if n.op == "if":
+            return self._if(n, ins[0], consts, T, trace)
+        if n.op == "readout":
+            return self._readout(ins[0], T)
+        if n.result in self._fast:
+            return self._binary(n, ins[0], T, trace)
+        return self._generic(n, ins[0], consts, T)
+
+    def _if(self, n: Node, z: Value, consts: list[np.ndarray], T: int, trace: SnnTrace) -> Value:
+        theta: np.ndarray | float = attr_float(n.attrs, "theta")
+        if consts:
+            rank = z.data.ndim if z.static else z.data.ndim - 1
+            theta = theta * K.channel_broadcast(
+                consts[0].astype(np.float64), rank, attr_int(n.attrs, "axis")
+            )
+        s = if_scan(z, theta, str(n.attrs["reset"]), T)
+        N = s.shape[1]
+        trace.spikes[n.result] = s.reshape(T, N, -1).sum(axis=2, dtype=np.int64)
+        trace.per_neuron[n.result] = s.sum(axis=0, dtype=np.int32).reshape(N, -1)
+        return Value(s, False)
+
+    def _readout(self, z: Value, T: int) -> Value:
+        if z.static:
+            steps = np.arange(1, T + 1, dtype=np.float64).reshape(T, *([1] * z.data.ndim))
+            return Value(steps * z.data.astype(np.float64), False)
+        return Value(np.cumsum(z.data, axis=0, dtype=np.float64), False)
+
+    def _binary(self, n: Node, s: Value, T: int, trace: SnnTrace) -> Value:
+        data = s.data
+        trace.layer_input[n.result] = data.reshape(T, data.shape[1], -1).sum(axis=2, dtype=np.int64)
+        flat = data.reshape(T * data.shape[1], *data.shape[2:])
+        y = self._fast[n.result](flat)
+        return Value(y.reshape(T, data.shape[1], *y.shape[1:]), False)
+
+    def _generic(self, n: Node, x: Value, consts: list[np.ndarray], T: int) -> Value:
+        kernel = ANN_KERNELS[n.op]
+        if x.static:
+            return Value(kernel([x.data, *consts], n.attrs), True)
+        flat = x.data.reshape(T * x.data.shape[1], *x.data.shape[2:])
+        if n.op in ("conv2d", "dense") and x.data.dtype == np.uint8:
+            # full-precision weights on spikes: float64 is exact for 0/1 inputs
+            flat = flat.astype(np.float64)
+            consts = [c.astype(np.float64) for c in consts]
+            y = K.dense(flat, consts[0]) if n.op == "dense" else _conv64(flat, consts[0], n)
+        else:
+            y = kernel([flat, *consts], n.attrs)
+        return Value(y.reshape(T, x.data.shape[1], *y.shape[1:]), False)
+
+
+def _conv64(x: np.ndarray, w: np.ndarray, n: Node) -> np.ndarray:
+    s, p, d = (
+        attr_ints(n.attrs, "stride"),
+        attr_ints(n.attrs, "pad"),
+        attr_ints(n.attrs, "dilation"),
+    )
+    return K.conv2d(x, w, (s[0], s[1]), (p[0], p[1], p[2], p[3]), (d[0], d[1]))

@@ -1,0 +1,158 @@
+"""The spiking runtime: IF dynamics, exact binary products, metrics, early exit, and the
+conversion's accuracy on the committed digits model and the zoo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bsnnc.compiler.frontend.importer import import_onnx
+from bsnnc.compiler.passes import (
+    PIPELINES,
+    REGISTRY,
+    PassContext,
+    PassManager,
+    PassOptions,
+    resolve,
+)
+from bsnnc.ir.graph import Graph
+from bsnnc.runtime import kernels as K
+from bsnnc.runtime.datasets import Images, embedded_file, load_images
+from bsnnc.runtime.intkernels import SpikeConv, SpikeDense
+from bsnnc.runtime.simulate import (
+    ann_accuracy,
+    chunk_size,
+    conversion_summary,
+    exit_steps,
+    metrics,
+    run_chunks,
+)
+from bsnnc.runtime.snn import SnnRuntime, Value, if_scan
+
+
+def convert(onnx_path: Path, calib: str, **opts: object) -> Graph:
+    ctx = PassContext(PassOptions(calib=lambda: load_images(calib, split="train"), **opts))
+    return PassManager(resolve(PIPELINES["default"], REGISTRY), ctx=ctx).run(import_onnx(onnx_path))
+
+
+@pytest.fixture(scope="module")
+def digits_graph() -> Graph:
+    return convert(embedded_file("digits.onnx"), "digits")
+
+
+def test_if_subtract_counts_floor_of_integrated_current() -> None:
+    """Constant current z, threshold θ, subtractive reset: by step t, ⌊t·z/θ⌋ spikes."""
+    z = np.array([[0.0, 0.25, 0.5, 0.75, 1.0, 1.5]])
+    s = if_scan(Value(z, True), 1.0, "subtract", 16)
+    counts = s.sum(axis=0)[0]
+    np.testing.assert_array_equal(counts, np.minimum(np.floor(16 * z[0]), 16))
+    cum = s.cumsum(axis=0)[:, 0, 1]
+    np.testing.assert_array_equal(cum, np.floor(np.arange(1, 17) * 0.25))
+
+
+def test_if_zero_reset_loses_the_residue() -> None:
+    z = np.array([[0.75]])
+    sub = if_scan(Value(z, True), 1.0, "subtract", 12).sum()
+    zero = if_scan(Value(z, True), 1.0, "zero", 12).sum()
+    assert sub == 9  # ⌊12·0.75⌋
+    assert zero == 6  # fires every 2nd step: 0.75, 1.5→0, ...
+
+
+def test_if_per_channel_threshold_and_time_varying_input() -> None:
+    z = np.zeros((4, 1, 2, 1, 1))
+    z[:, 0, 0] = [[[1.0]], [[0.0]], [[2.0]], [[0.0]]]
+    z[:, 0, 1] = 3.0
+    theta = np.array([1.0, 2.0]).reshape(1, 2, 1, 1)
+    s = if_scan(Value(z, False), theta, "subtract", 4)
+    np.testing.assert_array_equal(s[:, 0, 0, 0, 0], [1, 0, 1, 1])
+    np.testing.assert_array_equal(s[:, 0, 1, 0, 0], [1, 1, 1, 1])
+
+
+def test_spike_kernels_are_exact() -> None:
+    rng = np.random.default_rng(0)
+    s = (rng.random((10, 5, 7, 7)) < 0.3).astype(np.uint8)
+    w = np.where(rng.random((6, 5, 3, 3)) < 0.5, 1, -1).astype(np.int8)
+    conv = SpikeConv(w, (2, 1), (1, 0, 2, 1), (1, 2))
+    ref = K.conv2d(s.astype(np.float64), w.astype(np.float64), (2, 1), (1, 0, 2, 1), (1, 2))
+    np.testing.assert_array_equal(conv(s), ref)
+    d = (rng.random((9, 40)) < 0.5).astype(np.uint8)
+    wd = np.where(rng.random((7, 40)) < 0.5, 1, -1).astype(np.int8)
+    np.testing.assert_array_equal(SpikeDense(wd)(d), d.astype(np.int64) @ wd.T.astype(np.int64))
+
+
+def test_digits_snn_within_one_point_of_ann_at_64_steps(digits_graph: Graph) -> None:
+    """Issue 3's bar: the committed digits model converts with ≤ 1 point of loss at T = 64."""
+    images = load_images("digits")
+    chunks = run_chunks(digits_graph, images, 64, 128, None)
+    m = metrics(digits_graph, images, chunks, 64, None)
+    ann, _ = ann_accuracy(digits_graph, images)
+    conversion_summary(m, ann)
+    assert ann == pytest.approx(0.9755555, abs=1e-6)  # the PyTorch model's accuracy
+    assert m["final_accuracy"] >= ann - 0.01
+    assert m["first_timestep_within_1pt"] is not None and m["first_timestep_within_1pt"] <= 64
+    assert len(m["accuracy_per_timestep"]) == 64 and m["accuracy_per_timestep"][0] < 0.5
+    assert 1.0 < m["normalized_ops"] < 20.0
+    assert set(m["ifr"]) == set(m["layer_ops"])
+    assert all(0 < r < 1 for r in m["spike_rates"].values())
+
+
+def test_results_do_not_depend_on_chunking(digits_graph: Graph) -> None:
+    images = load_images("digits", limit=40)
+    a = metrics(digits_graph, images, run_chunks(digits_graph, images, 20, 40, None), 20, None)
+    b = metrics(digits_graph, images, run_chunks(digits_graph, images, 20, 7, None), 20, None)
+    assert a["spike_digest"] == b["spike_digest"]
+    assert a["predictions"] == b["predictions"]
+    assert a["accuracy_per_timestep"] == b["accuracy_per_timestep"]
+    assert a["normalized_ops"] == b["normalized_ops"]
+
+
+def test_early_exit(digits_graph: Graph) -> None:
+    images = load_images("digits", limit=60)
+    T = 32
+    full = metrics(digits_graph, images, run_chunks(digits_graph, images, T, 60, None), T, None)
+    never = metrics(digits_graph, images, run_chunks(digits_graph, images, T, 60, 1e30), T, 1e30)
+    assert never["mean_exit_step"] == T and never["predictions"] == full["predictions"]
+    assert never["normalized_ops"] == pytest.approx(full["normalized_ops"])
+    early = metrics(digits_graph, images, run_chunks(digits_graph, images, T, 60, 20.0), T, 20.0)
+    assert 1 <= early["mean_exit_step"] < T
+    assert sum(early["exit_step_histogram"]) == 60 and len(early["exit_step_histogram"]) == T
+    assert early["normalized_ops"] < full["normalized_ops"]
+    assert early["spike_digest"] == full["spike_digest"]  # the same spikes, counted less
+
+
+def test_exit_steps_semantics() -> None:
+    final = np.zeros((5, 3, 2))
+    final[2, 0, 1] = 9.0  # image 0 crosses at step 3
+    final[:, 1, 0] = np.arange(5)  # image 1: 0,1,2,3,4 → crosses 2.5 at step 4
+    np.testing.assert_array_equal(exit_steps(final, 2.5), [3, 4, 5])
+    np.testing.assert_array_equal(exit_steps(final, None), [5, 5, 5])
+
+
+@pytest.mark.parametrize(
+    "name", ["avg_before_relu", "avg_after_relu", "max_ceil", "gap_binary", "bn_bias", "vgg_small"]
+)
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+def test_zoo_converts_and_simulates(name: str, reset: str, zoo_data: Path) -> None:
+    """Every pooling arrangement (and BatchNorm + biases) converts and agrees with its ANN."""
+    g = convert(zoo_data / f"{name}.onnx", str(zoo_data / f"{name}.npz"), reset=reset)
+    data = np.load(zoo_data / f"{name}.npz")
+    images = Images(name, data["x"][48:], data["y"][48:])  # calibrated on all 96; test on half
+    T = 128
+    m = metrics(g, images, run_chunks(g, images, T, 48, None), T, None)
+    assert m["final_accuracy"] >= (0.85 if reset == "subtract" else 0.6), m[
+        "accuracy_per_timestep"
+    ][-1]
+
+
+def test_chunk_size_respects_memory_bound(digits_graph: Graph) -> None:
+    assert chunk_size(digits_graph, 64, 128, 1 << 40) == 128
+    small = chunk_size(digits_graph, 64, 128, 4 << 20)
+    assert 1 <= small < 128
+    assert chunk_size(digits_graph, 64, 128, 1) == 1
+
+
+def test_runtime_rejects_an_unconverted_graph() -> None:
+    with pytest.raises(Exception, match=r"readout|binary layer must read spikes"):
+        SnnRuntime(import_onnx(embedded_file("digits.onnx")))
