@@ -38,6 +38,7 @@ from bsnnc.ir.errors import DataError
 EMBEDDED = ("digits",)
 NAMED = ("digits", "cifar10", "cifar100", "imagenet")
 
+
 class CifarSpec(TypedDict):
     """Where a CIFAR python archive keeps what, and its normalization."""
 
