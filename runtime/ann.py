@@ -48,7 +48,7 @@ ANN_KERNELS: dict[str, Kernel] = {
         _pads(a),
         _pair(a, "dilation"),
     ),
-    "dense": lambda xs, a: K.dense(xs[0].astype(np.float32, copy=False), xs[1].astype(np.float32)),
+    "dense": lambda xs, a: K.dense(xs[0].astype(np.float32, copy=False), xs[1]),
     "avgpool": lambda xs, a: K.avgpool(
         xs[0],
         _pair(a, "kernel"),

@@ -4,7 +4,8 @@ conv2d (cross-correlation, group 1)::
 
     y[n,o,i,j] = Σ_{c,u,v} x_pad[n, c, i·s_h + u·d_h, j·s_w + v·d_w] · w[o,c,u,v]
 
-computed as one matrix product over im2col patches. Pools use the same window geometry
+computed as matrix products over im2col patches (channels last, in chunks of images).
+Pools use the same window geometry
 (``bsnnc.ir.ops.window_out``); positions past the padded input that ``ceil_mode`` adds never
 count, and ``count_include_pad`` decides whether explicit pads count in an average.
 """
@@ -18,6 +19,8 @@ import numpy as np
 from bsnnc.ir.ops import window_out
 
 Pads = tuple[int, int, int, int]
+#: the patch matrix of a convolution is built for as many images as fit in this many bytes.
+IM2COL_BYTES = 128 << 20
 
 
 def _out_hw(
@@ -58,18 +61,40 @@ def conv2d(
         (oh - 1) * stride[0] + (kh - 1) * dilation[0] + 1,
         (ow - 1) * stride[1] + (kw - 1) * dilation[1] + 1,
     )
-    xp = _pad_to(x, pad, need_h, need_w, 0.0)
-    n, c = x.shape[0], x.shape[1]
-    cols = np.empty((n, oh, ow, c, kh * kw), dtype=np.result_type(x.dtype, w.dtype))
-    for i, win in enumerate(_windows(xp, (kh, kw), stride, dilation, oh, ow)):
-        cols[..., i] = win.transpose(0, 2, 3, 1)
-    y = cols.reshape(n * oh * ow, c * kh * kw) @ w.reshape(w.shape[0], -1).T.astype(cols.dtype)
-    return np.ascontiguousarray(y.reshape(n, oh, ow, -1).transpose(0, 3, 1, 2))
+    dtype = np.result_type(x.dtype, w.dtype)
+    # channels last, so that every patch copy moves contiguous runs of C values
+    xp = np.ascontiguousarray(_pad_to(x, pad, need_h, need_w, 0.0).transpose(0, 2, 3, 1), dtype)
+    n, c, o = x.shape[0], x.shape[1], w.shape[0]
+    wm = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(kh * kw * c, o), dtype)
+    out = np.empty((n, o, oh, ow), dtype)
+    step = max(1, IM2COL_BYTES // max(oh * ow * kh * kw * c * dtype.itemsize, 1))
+    for s in range(0, n, step):
+        xs = xp[s : s + step]
+        cols = np.empty((xs.shape[0], oh, ow, kh, kw, c), dtype)
+        for u in range(kh):
+            for v in range(kw):
+                r0, c0 = u * dilation[0], v * dilation[1]
+                rows = slice(r0, r0 + stride[0] * (oh - 1) + 1, stride[0])
+                cs = slice(c0, c0 + stride[1] * (ow - 1) + 1, stride[1])
+                cols[:, :, :, u, v, :] = xs[:, rows, cs, :]
+        y = cols.reshape(-1, kh * kw * c) @ wm
+        out[s : s + step] = y.reshape(xs.shape[0], oh, ow, o).transpose(0, 3, 1, 2)
+    return out
 
 
 def dense(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``y = x · Wᵀ`` with ``W`` [out, in]."""
-    return np.asarray(x @ w.T.astype(np.result_type(x.dtype, w.dtype)))
+    """``y = x · Wᵀ`` with ``W`` [out, in], in the dtype of ``x`` (float32 or float64).
+
+    Weights stored in another dtype (int8 signs) are converted a block of output rows at a
+    time, so a large layer's weights are never copied whole."""
+    dtype = np.result_type(x.dtype, np.float32)
+    if w.dtype == dtype:
+        return np.asarray(x @ w.T)
+    out = np.empty((x.shape[0], w.shape[0]), dtype)
+    step = max(1, (32 << 20) // max(w.shape[1] * dtype.itemsize, 1))
+    for s in range(0, w.shape[0], step):
+        out[:, s : s + step] = x @ w[s : s + step].astype(dtype).T
+    return out
 
 
 def maxpool(

@@ -193,7 +193,7 @@ def conv_conv(ctx: Ctx) -> None:
     ins = ctx.inputs()
     x = ctx.value(ins[0])
     _need_4d(ctx, x)
-    w = ctx.const(ins[1], "weight").astype(np.float32)
+    w = ctx.const(ins[1], "weight").astype(np.float32, copy=False)
     group = int(ctx.attr("group", 1))
     if group != 1:
         kind = "depthwise" if w.shape[1] == 1 else "grouped"  # one input channel per group
@@ -217,7 +217,7 @@ def conv_gemm(ctx: Ctx) -> None:
     if int(ctx.attr("transA", 0)):
         raise ctx.fail("Gemm with transA=1 is not supported")
     x = ctx.value(ins[0])
-    b = ctx.const(ins[1], "weight B").astype(np.float32)
+    b = ctx.const(ins[1], "weight B").astype(np.float32, copy=False)
     w = b if int(ctx.attr("transB", 0)) else b.T
     alpha, beta = float(ctx.attr("alpha", 1.0)), float(ctx.attr("beta", 1.0))
     y = _weighted(ctx, "dense", x, np.ascontiguousarray(w), ins[1], {})
@@ -234,7 +234,7 @@ def conv_matmul(ctx: Ctx) -> None:
     x = ctx.value(ins[0])
     if ctx.type_of(x).rank != 2:
         raise ctx.fail(f"MatMul is supported on 2-D inputs only, got {ctx.type_of(x)}")
-    b = ctx.const(ins[1], "weight B").astype(np.float32)
+    b = ctx.const(ins[1], "weight B").astype(np.float32, copy=False)
     if b.ndim != 2:
         raise ctx.fail(f"MatMul weight must be 2-D, got shape {list(b.shape)}")
     ctx.bind(0, _weighted(ctx, "dense", x, np.ascontiguousarray(b.T), ins[1], {}))

@@ -47,6 +47,8 @@ from bsnnc.ir.types import Kind
 from bsnnc.ir.verifier import verify_spiking
 
 SIGNIFICANT_BITS = 20
+#: live activations during calibration stay near this many bytes.
+CALIB_BYTES = 256 << 20
 _THROUGH = (
     "scale",
     "bias",
@@ -100,6 +102,16 @@ def _lambda_in(g: Graph, value: str, lam: dict[str, np.ndarray]) -> float:
     raise BsnncError(f"fold-threshold-normalization: {cur.where()}: unexpected op on the path")
 
 
+def calibration_batch(g: Graph, at_most: int, budget: int = CALIB_BYTES) -> int:
+    """Images per calibration batch: at most ``at_most``, and about ``budget`` bytes of live
+    activations (every IF layer's output is kept, plus the three largest values in flight)."""
+    sizes = [n.type.numel_per_sample() for n in g.nodes]
+    per_image = 4 * (
+        sum(n.type.numel_per_sample() for n in g.nodes if n.op == "if") + 3 * max(sizes)
+    )
+    return max(1, min(at_most, budget // per_image))
+
+
 def _calibrate(g: Graph, ctx: PassContext) -> list[LayerStat]:
     opts = ctx.options
     if opts.calib is None:
@@ -109,9 +121,10 @@ def _calibrate(g: Graph, ctx: PassContext) -> list[LayerStat]:
     images = opts.calib()
     p = 100.0 if opts.percentile >= 100 else opts.percentile
     cal = Calibrator(g, len(images), p, opts.statistic, opts.granularity == "channel")
+    batch = calibration_batch(g, opts.calib_batch)
     with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task(f"calibrating on {len(images)} images", total=len(images))
-        for x in batches(images, opts.calib_batch):
+        for x in batches(images, batch):
             cal.add(x)
             bar.advance(task, x.shape[0])
     stats = cal.result()
