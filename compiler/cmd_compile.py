@@ -13,11 +13,12 @@ from bsnnc.compiler.console import (
     emit_json,
     err,
     layers_table,
+    mapping_table,
     resolve_model,
     shape_arg,
 )
 from bsnnc.compiler.frontend.importer import import_onnx
-from bsnnc.compiler.options import add_conversion_options, pass_options
+from bsnnc.compiler.options import add_conversion_options, add_hardware_options, pass_options
 from bsnnc.compiler.passes import (
     PIPELINES,
     REGISTRY,
@@ -75,6 +76,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--pass-timing", action="store_true", help="report the time each pass took")
     add_conversion_options(p)
+    add_hardware_options(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary to stdout")
     p.set_defaults(func=run)
 
@@ -132,8 +134,15 @@ def _artifact(
         "dataset": _dataset_name(calib["source"]) if calib else None,
     }
     facts = {"calibration": calib, "notes": ctx.notes}
-    body = json.dumps(facts, indent=2, sort_keys=True).encode()
-    return Artifact(g, meta, {"calibration.json": body})
+    extra = {"calibration.json": json.dumps(facts, indent=2, sort_keys=True).encode()}
+    if "mapping" in ctx.facts:
+        extra["mapping.json"] = json.dumps(ctx.facts["mapping"], indent=1, sort_keys=True).encode()
+    return Artifact(g, meta, extra)
+
+
+def _mapping_summary(m: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The mapping without its per-block list (that lives in the artifact's mapping.json)."""
+    return None if m is None else {k: v for k, v in m.items() if k != "blocks"}
 
 
 def _dataset_name(source: str) -> str:
@@ -155,12 +164,15 @@ def _report(args: argparse.Namespace, g: Graph, out: Path | None, pm: PassManage
                 "layers": [r.as_dict() for r in rows],
                 "passes": [{"name": n, "seconds": round(t, 6)} for n, t in timings],
                 "notes": pm.ctx.notes,
+                "mapping": _mapping_summary(pm.ctx.facts.get("mapping")),
                 "calibration": pm.ctx.facts.get("calibration"),
             }
         )
         return 0
     if not args.dump_ir:
         err.print(layers_table(rows, f"@{g.name}: {len(rows)} weighted layers"))
+        if "mapping" in pm.ctx.facts:
+            err.print(mapping_table(pm.ctx.facts["mapping"]))
         for note in pm.ctx.notes:
             err.print(f"  note: {note}", highlight=False, markup=False)
     if args.pass_timing:

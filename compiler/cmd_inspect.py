@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
-from bsnnc.compiler.console import emit_json, err, layers_table, resolve_model, shape_arg
+from bsnnc.compiler.console import (
+    emit_json,
+    err,
+    layers_table,
+    mapping_table,
+    resolve_model,
+    shape_arg,
+)
 from bsnnc.compiler.frontend.importer import import_onnx
 from bsnnc.compiler.report import layer_table
+from bsnnc.ir.errors import ArtifactError
 from bsnnc.ir.graph import Graph
 from bsnnc.ir.io import load_ir
 from bsnnc.runtime.artifact import read_artifact
@@ -39,7 +48,16 @@ def load_any(spec: str, input_shape: tuple[int, ...] | None = None) -> tuple[Gra
         return load_ir(path, need_weights=False), {"kind": "ir"}
     if path.suffix == ".tiles" or _is_zip(path):
         a = read_artifact(path)
-        return a.graph, {"kind": "artifact", **a.meta}
+        facts: dict[str, Any] = {"kind": "artifact", **a.meta}
+        if "mapping.json" in a.extra:
+            try:
+                m = json.loads(a.extra["mapping.json"])
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ArtifactError(
+                    f"{path}: member mapping.json is not valid JSON ({e})"
+                ) from None
+            facts["mapping"] = {k: v for k, v in m.items() if k != "blocks"}
+        return a.graph, facts
     return import_onnx(path, input_shape), {"kind": "onnx"}
 
 
@@ -71,4 +89,6 @@ def run(args: argparse.Namespace) -> int:
         f"{len(g.constants)} constants"
     )
     err.print(layers_table(rows, "weighted layers"))
+    if "mapping" in facts:
+        err.print(mapping_table(facts["mapping"]))
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bsnnc.compiler.console import err
-from bsnnc.compiler.options import add_conversion_options, pass_options
+from bsnnc.compiler.options import add_conversion_options, add_hardware_options, pass_options
 from bsnnc.compiler.passes import REGISTRY, PassContext, PassManager, resolve
 from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.io import load_ir, save_ir, weights_path
@@ -31,6 +31,7 @@ def add_parser(sub: Any) -> None:
         "-o", "--output", type=Path, help="write OUT.ir (and OUT.npz) instead of printing"
     )
     add_conversion_options(p)
+    add_hardware_options(p)
     p.set_defaults(func=run)
 
 

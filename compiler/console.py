@@ -112,3 +112,40 @@ def layers_table(rows: Sequence[LayerRow], title: str) -> Table:
 
 def _pct(a: int, b: int) -> str:
     return f"{100.0 * a / b:.1f}%" if b else "n/a"
+
+
+def mapping_table(m: dict[str, Any]) -> Table:
+    """The crossbar mapping report (the summary partition-to-tiles records)."""
+    hw = m["hw_config"]
+    t = Table(
+        title=f"crossbar mapping on {m['hw']} ({hw['rows']}×{hw['columns']} arrays)",
+        title_justify="left",
+    )
+    for col in ("layer", "kind", "matrix K×N", "blocks", "arrays", "bound"):
+        t.add_column(col, justify="left" if col in ("layer", "kind") else "right")
+    for lm in m["layers"]:
+        blocks = f"{lm['row_blocks']}×{lm['col_blocks']}" if lm["kind"] != "digital" else "—"
+        t.add_row(
+            lm["loc"] or lm["node"],
+            lm["kind"],
+            f"{lm['K']}×{lm['N']}",
+            blocks,
+            str(len(lm["arrays"])),
+            str(lm["bound"]),
+        )
+    t.add_section()
+    t.add_row(
+        "total",
+        "packed" if m["packed"] else "",
+        "",
+        "",
+        str(m["arrays"]),
+        str(m["arrays_bound_per_layer"]),
+    )
+    p = m["placement"]
+    t.caption = (
+        f"global bound {m['arrays_bound_global']} · utilization {m['utilization']:.1%} of data "
+        f"cells, {m['utilization_physical']:.1%} of physical · BNN (2 rows/input) "
+        f"{m['bnn_arrays']} arrays · {p['tiles']} tiles on a {p['mesh'][0]}×{p['mesh'][1]} mesh"
+    )
+    return t

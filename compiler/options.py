@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from bsnnc.backends.rram.hw import DEFAULT, PRESETS
 from bsnnc.compiler.console import percentile_arg, positive_int
 from bsnnc.compiler.passes import PassOptions
 from bsnnc.ir.errors import DataError
@@ -60,6 +61,30 @@ def add_conversion_options(p: Any) -> None:
     )
 
 
+def add_hardware_options(p: Any) -> None:
+    """Add the ``hardware (RRAM crossbar)`` option group to a parser."""
+    hw = p.add_argument_group("hardware (RRAM crossbar)")
+    hw.add_argument(
+        "--hw",
+        default=DEFAULT,
+        metavar="PRESET|FILE",
+        help=f"hardware configuration: {', '.join(PRESETS)} or a .json/.toml file "
+        "(default: %(default)s)",
+    )
+    hw.add_argument(
+        "--pack",
+        action="store_true",
+        help="pack partly filled blocks of different layers into shared arrays",
+    )
+    hw.add_argument(
+        "--fp-layers",
+        choices=("digital", "bitsliced"),
+        default="digital",
+        help="full-precision first/last layers: digital (no arrays, default) or bit-sliced "
+        "onto arrays (8-bit weights)",
+    )
+
+
 def check_images(images: Images, g: Graph, what: str) -> Images:
     """``images`` unless their per-sample shape differs from the graph input's (then a
     :class:`DataError` naming both)."""
@@ -93,4 +118,7 @@ def pass_options(args: argparse.Namespace, g: Graph) -> PassOptions:
         granularity=args.norm,
         statistic=args.calib_stat,
         calib=calib if spec is not None else None,
+        hw=getattr(args, "hw", DEFAULT),
+        pack=getattr(args, "pack", False),
+        fp_layers=getattr(args, "fp_layers", "digital"),
     )

@@ -211,6 +211,7 @@ def test_named_pipelines() -> None:
         "fold-threshold-normalization",
         "dce",
         "canonicalize",
+        "partition-to-tiles",
     ]
     assert CLEANUP == ["dce", "canonicalize"]
     assert PIPELINES["import"] == []
@@ -318,7 +319,7 @@ def test_dump_dir_writes_every_stage(
     d = tmp_path / "dump"
     final, _ = ok(["compile", *zoo_args(zoo_data, "bn_bias"), "--dump-ir", "--dump-dir", d], capsys)
     assert sorted(p.name for p in d.iterdir()) == stage_files()
-    assert stage_files()[-2:] == ["06-canonicalize.ir", "06-canonicalize.npz"]
+    assert stage_files()[-2:] == ["07-partition-to-tiles.ir", "07-partition-to-tiles.npz"]
     texts = []
     for i, stage in enumerate(STAGES):
         ir = d / f"{i:02d}-{stage}.ir"

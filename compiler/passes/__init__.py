@@ -7,6 +7,7 @@ from bsnnc.compiler.passes import (
     fold_threshold_normalization,
     insert_if_around_pooling,
     lower_relu_to_if,
+    partition_to_tiles,
 )
 from bsnnc.compiler.passes.base import Pass, PassContext, PassManager, PassOptions, resolve
 
@@ -21,6 +22,7 @@ REGISTRY: dict[str, Pass] = {
         lower_relu_to_if.PASS,
         insert_if_around_pooling.PASS,
         fold_threshold_normalization.PASS,
+        partition_to_tiles.PASS,
     ]
 }
 
@@ -32,6 +34,7 @@ CONVERT = [
     "fold-threshold-normalization",
     "dce",
     "canonicalize",
+    "partition-to-tiles",
 ]
 
 #: named pipelines run by ``bsnnc compile --pipeline NAME``.

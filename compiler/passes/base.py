@@ -35,8 +35,14 @@ class PassOptions:
     statistic: str = "activations"
     #: calibration images, loaded on first use.
     calib: Callable[[], Images] | None = None
-    #: images per ANN batch during calibration.
+    #: images per ANN batch during calibration (at most; memory bounds it too).
     calib_batch: int = 64
+    #: hardware configuration: a preset name or a .json/.toml file.
+    hw: str = "rram-128"
+    #: pack partly filled blocks of different layers into shared arrays.
+    pack: bool = False
+    #: full-precision layers: ``digital`` (no arrays) or ``bitsliced`` (8-bit weight slices).
+    fp_layers: str = "digital"
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""bsnnc.backends.rram: the RRAM crossbar backend (hardware model, partitioning, placement)."""

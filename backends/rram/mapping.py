@@ -1,0 +1,198 @@
+"""Partitioning binary layers onto crossbar arrays, packing, and the bounds to compare with.
+
+A binary conv/dense layer unrolls to a K × N matrix: K = Cin·kH·kW rows (one per input; each
+row keeps its (channel, ky, kx) provenance) and N = Cout columns. With ρ rows per input (1 for
+a B-SNN's 0/1 spikes, 2 for a BNN's ±1 inputs), R rows and C data columns per array (the
+reference column sits outside the data columns), the layer is cut into
+``⌈ρK/R⌉ × ⌈N/C⌉`` blocks; partial sums across row blocks are added digitally and the IF
+neuron of each output sits after that adder.
+
+Bounds reported beside the mapping: per layer ``Σ_l ⌈ρK_l/R⌉·⌈N_l/C⌉`` (what an unpacked
+mapping uses) and globally ``⌈Σ_l ρK_l·N_l / (R·C)⌉`` (perfect packing). Packing places blocks
+that leave an array partly empty into shared arrays *block-diagonally*: blocks in one array use
+disjoint rows and disjoint columns, so driving one block's rows never disturbs another's
+outputs. Utilization = Σ ρK·N / (arrays·R·C) over data columns, and over physical columns
+with the reference columns counted.
+
+Full-precision layers (the first and the last) are either ``digital`` (computed next to the
+arrays or on the host, no array) or ``bitsliced`` to b-bit weights, each weight over b columns
+with inputs applied bit-serially: ``⌈K/R⌉ × ⌈b·N/C⌉`` arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bsnnc.backends.rram.hw import HwConfig
+from bsnnc.ir.graph import Graph, Node
+from bsnnc.ir.types import Kind
+
+
+@dataclass
+class Block:
+    """One ≤ R × C piece of a layer's matrix: rows [r0, r1) and columns [c0, c1)."""
+
+    layer: str
+    r0: int
+    r1: int
+    c0: int
+    c1: int
+    array: int = -1
+    row_offset: int = 0
+    col_offset: int = 0
+
+    @property
+    def height(self) -> int:
+        return self.r1 - self.r0
+
+    @property
+    def width(self) -> int:
+        return self.c1 - self.c0
+
+
+@dataclass
+class LayerMap:
+    """The mapping of one weighted layer."""
+
+    node: str
+    loc: str
+    kind: str  # "binary", "digital" or "bitsliced"
+    K: int
+    N: int
+    rho: int
+    rows: int  # matrix rows on the arrays: ρ·K (binary) or K (bit-sliced)
+    cols: int  # matrix columns on the arrays: N (binary) or b·N (bit-sliced)
+    row_blocks: int
+    col_blocks: int
+    bound: int  # ⌈ρK/R⌉·⌈N/C⌉ (0 for digital layers)
+    arrays: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+@dataclass
+class Mapping:
+    """The whole network on arrays."""
+
+    hw: HwConfig
+    layers: list[LayerMap]
+    blocks: list[Block]
+    n_arrays: int
+    packed: bool
+    fp_layers: str
+
+    def summary(self) -> dict[str, Any]:
+        """The numbers the report shows (and the artifact's mapping.json keeps)."""
+        hw = self.hw
+        onchip = [lm for lm in self.layers if lm.kind != "digital"]
+        data = sum(lm.rows * lm.cols for lm in onchip)
+        cells = self.n_arrays * hw.rows * hw.columns
+        phys = self.n_arrays * hw.rows * (hw.columns + hw.reference_columns)
+        return {
+            "hw": hw.name,
+            "arrays": self.n_arrays,
+            "arrays_bound_per_layer": sum(lm.bound for lm in onchip),
+            "arrays_bound_global": math.ceil(data / (hw.rows * hw.columns)) if data else 0,
+            "utilization": data / cells if cells else 0.0,
+            "utilization_physical": data / phys if phys else 0.0,
+            "packed": self.packed,
+            "fp_layers": self.fp_layers,
+            "layers": [lm.as_dict() for lm in self.layers],
+        }
+
+
+FP_BITS = 8
+
+
+def _matrix(g: Graph, n: Node) -> tuple[int, int]:
+    w = g.constants[n.const_operands()[0]].type.shape
+    k = int(np.prod([int(d or 1) for d in w[1:]]))
+    return k, int(w[0] or 0)
+
+
+def layer_map(
+    g: Graph, n: Node, hw: HwConfig, fp_layers: str, rho: int
+) -> tuple[LayerMap, list[Block]]:
+    """Cut one weighted layer into blocks (see the module docstring)."""
+    k, nn = _matrix(g, n)
+    binary = g.constants[n.const_operands()[0]].type.kind == Kind.BIPOLAR
+    kind = "binary" if binary else fp_layers
+    if kind == "digital":
+        return LayerMap(n.result, n.loc or "", kind, k, nn, 0, 0, 0, 0, 0, 0), []
+    rows = rho * k if binary else k
+    cols = nn if binary else FP_BITS * nn
+    rb, cb = math.ceil(rows / hw.rows), math.ceil(cols / hw.columns)
+    blocks = [
+        Block(
+            n.result,
+            r * hw.rows,
+            min(rows, (r + 1) * hw.rows),
+            c * hw.columns,
+            min(cols, (c + 1) * hw.columns),
+        )
+        for r in range(rb)
+        for c in range(cb)
+    ]
+    lm = LayerMap(
+        n.result, n.loc or "", kind, k, nn, rho if binary else 1, rows, cols, rb, cb, rb * cb
+    )
+    return lm, blocks
+
+
+def pack(blocks: list[Block], hw: HwConfig, enabled: bool) -> int:
+    """Give every block an array; returns the number of arrays.
+
+    Full blocks get an array each. With packing, partial blocks go first-fit-decreasing into
+    shared arrays, block-diagonally (a block fits while the array's used rows + its height ≤ R
+    and used columns + its width ≤ C)."""
+    n_arrays = 0
+    shared: list[list[int]] = []  # per shared array: [index, used rows, used columns]
+    partial = [b for b in blocks if b.height < hw.rows or b.width < hw.columns] if enabled else []
+    ids = {id(b) for b in partial}
+    for b in blocks:
+        if id(b) not in ids:
+            b.array, n_arrays = n_arrays, n_arrays + 1
+    for b in sorted(partial, key=lambda b: (-b.height * b.width, b.layer, b.r0, b.c0)):
+        for s in shared:
+            if s[1] + b.height <= hw.rows and s[2] + b.width <= hw.columns:
+                b.array, b.row_offset, b.col_offset = s[0], s[1], s[2]
+                s[1] += b.height
+                s[2] += b.width
+                break
+        else:
+            b.array = n_arrays
+            shared.append([n_arrays, b.height, b.width])
+            n_arrays += 1
+    return n_arrays
+
+
+def partition(
+    g: Graph,
+    hw: HwConfig,
+    *,
+    pack_layers: bool = False,
+    fp_layers: str = "digital",
+    rho: int | None = None,
+) -> Mapping:
+    """Map every conv2d/dense of ``g`` onto arrays of ``hw``."""
+    rho = hw.rows_per_input if rho is None else rho
+    layers: list[LayerMap] = []
+    blocks: list[Block] = []
+    for n in g.nodes:
+        if n.op in ("conv2d", "dense"):
+            lm, bl = layer_map(g, n, hw, fp_layers, rho)
+            layers.append(lm)
+            blocks += bl
+    n_arrays = pack(blocks, hw, pack_layers)
+    by_layer: dict[str, list[int]] = {}
+    for b in blocks:
+        by_layer.setdefault(b.layer, []).append(b.array)
+    for lm in layers:
+        lm.arrays = sorted(set(by_layer.get(lm.node, [])))
+    return Mapping(hw, layers, blocks, n_arrays, pack_layers, fp_layers)
