@@ -30,14 +30,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from bsnnc.compiler.frontend.importer import import_onnx
-from bsnnc.compiler.passes import (
-    PIPELINES,
-    REGISTRY,
-    PassContext,
-    PassManager,
-    PassOptions,
-    resolve,
-)
+from bsnnc.compiler.passes import PassOptions, run_pipeline
 from bsnnc.compiler.report import layer_table
 from bsnnc.runtime.datasets import Images
 from bsnnc.runtime.simulate import metrics, run_chunks
@@ -105,8 +98,7 @@ def main() -> int:
         g0 = import_onnx(path)
     rng = np.random.default_rng(0)
     calib = Images("random", rng.standard_normal((32, 3, 32, 32)).astype(np.float32), None)
-    ctx = PassContext(PassOptions(calib=lambda: calib))
-    g = PassManager(resolve(PIPELINES["default"], REGISTRY), ctx=ctx).run(g0)
+    g, _ = run_pipeline(g0, PassOptions(calib=lambda: calib))
     x = Images("random", rng.standard_normal((args.batch, 3, 32, 32)).astype(np.float32), None)
     T = args.timesteps
     run_chunks(g, Images("warm", x.x[:2], None), 2, 2, None)  # build sessions, warm caches

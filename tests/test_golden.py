@@ -14,14 +14,7 @@ from conftest import GOLDEN
 from zoo import ZOO
 
 from bsnnc.compiler.frontend.importer import import_onnx
-from bsnnc.compiler.passes import (
-    PIPELINES,
-    REGISTRY,
-    PassContext,
-    PassManager,
-    PassOptions,
-    resolve,
-)
+from bsnnc.compiler.passes import PassOptions, run_pipeline
 from bsnnc.ir import parse, print_graph
 from bsnnc.ir.graph import Graph
 from bsnnc.runtime.datasets import load_images
@@ -39,8 +32,7 @@ def compile_stages(onnx_path: Path, calib: Path) -> tuple[dict[str, str], Graph]
     def dump(i: int, name: str, graph: Graph) -> None:
         out[f"{i:02d}-{name}.ir"] = print_graph(graph)
 
-    ctx = PassContext(PassOptions(calib=lambda: load_images(str(calib))))
-    g = PassManager(resolve(PIPELINES["default"], REGISTRY), dump, ctx).run(g)
+    g, _ = run_pipeline(g, PassOptions(calib=lambda: load_images(str(calib))), dump=dump)
     return out, g
 
 

@@ -12,12 +12,12 @@ from zoo import ZOO
 from bsnnc.compiler.calibrate import Calibrator, percentile_from_top
 from bsnnc.compiler.frontend.importer import import_onnx
 from bsnnc.compiler.passes import (
-    PIPELINES,
     REGISTRY,
     PassContext,
     PassManager,
     PassOptions,
     resolve,
+    run_pipeline,
 )
 from bsnnc.ir import GraphBuilder, Kind, TensorType, VerifyError
 from bsnnc.ir.graph import Graph
@@ -39,8 +39,8 @@ def stages(g: Graph, calib: Path | str, **opts: object) -> dict[str, Graph]:
     def dump(i: int, name: str, graph: Graph) -> None:
         out[name] = graph
 
-    ctx = PassContext(PassOptions(calib=lambda: load_images(str(calib), split="train"), **opts))
-    PassManager(resolve(PIPELINES["default"], REGISTRY), dump, ctx).run(g)
+    options = PassOptions(calib=lambda: load_images(str(calib), split="train"), **opts)  # type: ignore[arg-type]
+    run_pipeline(g, options, dump=dump)
     return out
 
 

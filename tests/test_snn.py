@@ -9,14 +9,7 @@ import numpy as np
 import pytest
 
 from bsnnc.compiler.frontend.importer import import_onnx
-from bsnnc.compiler.passes import (
-    PIPELINES,
-    REGISTRY,
-    PassContext,
-    PassManager,
-    PassOptions,
-    resolve,
-)
+from bsnnc.compiler.passes import PassOptions, run_pipeline
 from bsnnc.ir.graph import Graph
 from bsnnc.runtime import kernels as K
 from bsnnc.runtime.datasets import Images, embedded_file, load_images
@@ -33,8 +26,8 @@ from bsnnc.runtime.snn import SnnRuntime, Value, if_scan
 
 
 def convert(onnx_path: Path, calib: str, **opts: object) -> Graph:
-    ctx = PassContext(PassOptions(calib=lambda: load_images(calib, split="train"), **opts))
-    return PassManager(resolve(PIPELINES["default"], REGISTRY), ctx=ctx).run(import_onnx(onnx_path))
+    options = PassOptions(calib=lambda: load_images(calib, split="train"), **opts)  # type: ignore[arg-type]
+    return run_pipeline(import_onnx(onnx_path), options)[0]
 
 
 @pytest.fixture(scope="module")

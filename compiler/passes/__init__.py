@@ -9,7 +9,15 @@ from bsnnc.compiler.passes import (
     lower_relu_to_if,
     partition_to_tiles,
 )
-from bsnnc.compiler.passes.base import Pass, PassContext, PassManager, PassOptions, resolve
+from bsnnc.compiler.passes.base import (
+    DumpFn,
+    Pass,
+    PassContext,
+    PassManager,
+    PassOptions,
+    resolve,
+)
+from bsnnc.ir.graph import Graph
 
 #: every pass by name (explicit: no import-time registration magic).
 REGISTRY: dict[str, Pass] = {
@@ -44,4 +52,28 @@ PIPELINES: dict[str, list[str]] = {
     "default": CONVERT,
 }
 
-__all__ = ["PIPELINES", "REGISTRY", "Pass", "PassContext", "PassManager", "PassOptions", "resolve"]
+
+def run_pipeline(
+    g: Graph,
+    options: PassOptions | None = None,
+    *,
+    names: list[str] | None = None,
+    dump: DumpFn | None = None,
+) -> tuple[Graph, PassContext]:
+    """Run the ``default`` pipeline (or the passes ``names``) on ``g``; the result and the
+    context with its facts and notes."""
+    ctx = PassContext(options or PassOptions())
+    passes = resolve(PIPELINES["default"] if names is None else names, REGISTRY)
+    return PassManager(passes, dump, ctx).run(g), ctx
+
+
+__all__ = [
+    "PIPELINES",
+    "REGISTRY",
+    "Pass",
+    "PassContext",
+    "PassManager",
+    "PassOptions",
+    "resolve",
+    "run_pipeline",
+]
