@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import sys
 from pathlib import Path
@@ -31,7 +32,7 @@ from bsnnc.compiler.passes.fold_threshold_normalization import name_calibrated_l
 from bsnnc.compiler.report import layer_table
 from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Graph
-from bsnnc.ir.io import save_ir
+from bsnnc.ir.io import save_ir, write_npz
 from bsnnc.ir.printer import print_graph
 from bsnnc.runtime.artifact import Artifact, write_artifact
 from bsnnc.runtime.datasets import NAMED
@@ -137,6 +138,12 @@ def _artifact(
     extra = {"calibration.json": json.dumps(facts, indent=2, sort_keys=True).encode()}
     if "mapping" in ctx.facts:
         extra["mapping.json"] = json.dumps(ctx.facts["mapping"], indent=1, sort_keys=True).encode()
+    if "program" in ctx.facts:
+        text, arrays = ctx.facts["program"]
+        buf = io.BytesIO()
+        write_npz(buf, arrays)
+        extra["program.txt"] = text.encode()
+        extra["program.npz"] = buf.getvalue()
     return Artifact(g, meta, extra)
 
 

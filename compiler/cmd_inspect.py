@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bsnnc.backends.rram.emit import load_program
+from bsnnc.backends.rram.program import Program
 from bsnnc.compiler.console import (
     emit_json,
     err,
@@ -57,8 +59,24 @@ def load_any(spec: str, input_shape: tuple[int, ...] | None = None) -> tuple[Gra
                     f"{path}: member mapping.json is not valid JSON ({e})"
                 ) from None
             facts["mapping"] = {k: v for k, v in m.items() if k != "blocks"}
+        if "program.txt" in a.extra:
+            facts["program"] = program_summary(load_program(str(path), a.extra))
         return a.graph, facts
     return import_onnx(path, input_shape), {"kind": "onnx"}
+
+
+def program_summary(p: Program) -> dict[str, Any]:
+    """Instruction counts of a tile program."""
+    ops: dict[str, int] = {}
+    for s in p.body:
+        ops[s.op] = ops.get(s.op, 0) + 1
+    arrays = sum(1 for s in p.decls if s.op == "array")
+    return {
+        "hw": p.hw,
+        "arrays": arrays,
+        "instructions_per_timestep": len(p.body),
+        "by_opcode": ops,
+    }
 
 
 def _is_zip(path: Path) -> bool:
@@ -91,4 +109,11 @@ def run(args: argparse.Namespace) -> int:
     err.print(layers_table(rows, "weighted layers"))
     if "mapping" in facts:
         err.print(mapping_table(facts["mapping"]))
+    if "program" in facts:
+        prog = facts["program"]
+        ops = ", ".join(f"{k} {v}" for k, v in sorted(prog["by_opcode"].items()))
+        err.print(
+            f"tile program on {prog['hw']}: {prog['arrays']} arrays, "
+            f"{prog['instructions_per_timestep']} instructions per timestep ({ops})"
+        )
     return 0

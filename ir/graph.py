@@ -149,3 +149,17 @@ def attr_ints(attrs: Attrs, key: str) -> tuple[int, ...]:
     if not isinstance(v, tuple):
         raise TypeError(f"attribute {key} is {v!r}, not a list")
     return tuple(int(x) for x in v)
+
+
+def channel_param(g: Graph, n: Node, key: str) -> np.ndarray | float:
+    """The effective parameter of a scale/bias/if node: attribute combined with its constant.
+
+    scale: factor · s[c]; bias: value + b[c]; if: theta · θ[c]. Returns a float when the node
+    has no per-channel constant.
+    """
+    base = attr_float(n.attrs, key)
+    consts = n.const_operands()
+    if not consts:
+        return base
+    c = g.constants[consts[0]].array().astype(np.float64)
+    return c + base if key == "value" else c * base

@@ -13,6 +13,8 @@ import pytest
 from conftest import GOLDEN
 from zoo import ZOO
 
+from bsnnc.backends.rram.emit import check_program
+from bsnnc.backends.rram.program import parse_program, print_program
 from bsnnc.compiler.frontend.importer import import_onnx
 from bsnnc.compiler.passes import PassOptions, run_pipeline
 from bsnnc.ir import parse, print_graph
@@ -32,7 +34,8 @@ def compile_stages(onnx_path: Path, calib: Path) -> tuple[dict[str, str], Graph]
     def dump(i: int, name: str, graph: Graph) -> None:
         out[f"{i:02d}-{name}.ir"] = print_graph(graph)
 
-    g, _ = run_pipeline(g, PassOptions(calib=lambda: load_images(str(calib))), dump=dump)
+    g, ctx = run_pipeline(g, PassOptions(calib=lambda: load_images(str(calib))), dump=dump)
+    out["program.txt"] = ctx.facts["program"][0]
     return out, g
 
 
@@ -58,7 +61,7 @@ def test_golden_ir_and_simulation(name: str, zoo_data: Path, update_golden: bool
     folder = GOLDEN / name
     if update_golden:
         folder.mkdir(parents=True, exist_ok=True)
-        for old in [*folder.glob("*.ir"), *folder.glob("*.json")]:
+        for old in [*folder.glob("*.ir"), *folder.glob("*.json"), *folder.glob("*.txt")]:
             old.unlink()
         for fname, text in actual.items():
             (folder / fname).write_text(text, encoding="utf-8")
@@ -74,3 +77,11 @@ def test_golden_ir_and_simulation(name: str, zoo_data: Path, update_golden: bool
 def test_golden_files_parse_back_identically(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     assert print_graph(parse(text, source=str(path))) == text
+
+
+@pytest.mark.parametrize("path", sorted(GOLDEN.glob("*/program.txt")), ids=lambda p: p.parent.name)
+def test_golden_programs_parse_back_identically(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    program = parse_program(text, source=str(path))
+    check_program(program, str(path))
+    assert print_program(program) == text

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bsnnc.ir.builder import GraphBuilder
-from bsnnc.ir.graph import Graph, Node, attr_float
 from bsnnc.ir.types import Kind
 
 
@@ -58,20 +57,6 @@ class Affine:
     def is_identity(self) -> bool:
         """True when nothing needs to be emitted."""
         return bool(np.all(self.s == 1.0) and np.all(self.b == 0.0))
-
-
-def channel_param(g: Graph, n: Node, key: str) -> np.ndarray | float:
-    """The effective parameter of a scale/bias/if node: attribute combined with its constant.
-
-    scale: factor · s[c]; bias: value + b[c]; if: theta · θ[c]. Returns a float when the node
-    has no per-channel constant.
-    """
-    base = attr_float(n.attrs, key)
-    consts = n.const_operands()
-    if not consts:
-        return base
-    c = g.constants[consts[0]].array().astype(np.float64)
-    return c + base if key == "value" else c * base
 
 
 def emit_scale_bias(

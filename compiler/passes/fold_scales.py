@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from bsnnc.compiler.passes.affine import Affine, channel_param, emit_scale_bias
+from bsnnc.compiler.passes.affine import Affine, emit_scale_bias
 from bsnnc.compiler.passes.base import Pass, PassContext
 from bsnnc.ir.builder import Rewriter
 from bsnnc.ir.errors import BsnncError
-from bsnnc.ir.graph import Constant, Graph, Node, attr_ints
+from bsnnc.ir.graph import Constant, Graph, Node, attr_ints, channel_param
 from bsnnc.ir.types import Kind
 
 _POOLS = ("avgpool", "maxpool", "global_avgpool")

@@ -38,11 +38,11 @@ from rich.progress import Progress
 
 from bsnnc.compiler.calibrate import Calibrator, LayerStat, batches
 from bsnnc.compiler.console import err
-from bsnnc.compiler.passes.affine import channel_param, emit_scale_bias
+from bsnnc.compiler.passes.affine import emit_scale_bias
 from bsnnc.compiler.passes.base import Pass, PassContext
 from bsnnc.ir.builder import Rewriter
 from bsnnc.ir.errors import BsnncError
-from bsnnc.ir.graph import Graph, Node
+from bsnnc.ir.graph import Graph, Node, channel_param
 from bsnnc.ir.types import Kind
 from bsnnc.ir.verifier import verify_spiking
 

@@ -1,0 +1,222 @@
+"""Emitting the tile program (and its bit-packed weights and integer thresholds) from a
+spiking graph and its crossbar mapping, and checking a parsed program.
+
+Integer thresholds: after fold-threshold-normalization every θ is dyadic with 20 significant
+bits, θ = Θ·2^unit with Θ an integer, ``unit = ⌊log2 min θ⌋ − 20`` per layer. A threshold that
+is not (a hand-edited IR) is kept as a float.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from bsnnc.backends.rram.mapping import Mapping
+from bsnnc.backends.rram.placement import mesh_position
+from bsnnc.backends.rram.program import Program, Stmt, Tok, word
+from bsnnc.ir.errors import BsnncError
+from bsnnc.ir.graph import Graph, Node, channel_param
+
+_PASS_THROUGH = ("maxpool", "flatten", "reshape")
+
+
+def _v(name: str) -> Tok:
+    return Tok("value", f"%{name}")
+
+
+def _a(i: int) -> Tok:
+    return Tok("array", f"a{i}")
+
+
+def _r(lo: int, hi: int) -> Tok:
+    return Tok("range", f"{lo}:{hi}")
+
+
+def integer_thresholds(theta: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """(Θ, unit) with θ = Θ·2^unit exactly, or None."""
+    unit = int(np.floor(np.log2(np.min(theta)))) - 20
+    big = np.asarray(theta, np.float64) / 2.0**unit
+    if np.all(big == np.round(big)) and np.max(big) < 2**53:
+        return big.astype(np.int64), unit
+    return None
+
+
+def pack_signs(g: Graph, n: Node) -> np.ndarray:
+    """The layer's K × N ±1 matrix (rows in (channel, ky, kx) order), bit-packed, 1 = +1."""
+    w = g.constants[n.const_operands()[0]].array()
+    mat = w.reshape(w.shape[0], -1).T  # [K, N]
+    return np.packbits(mat > 0, axis=None)
+
+
+class _Emitter:
+    def __init__(self, g: Graph, m: Mapping) -> None:
+        self.g, self.m = g, m
+        self.p = Program(g.name, m.hw.name)
+        self.arrays: dict[str, np.ndarray] = {}
+        self.layer_of = {lm.node: lm for lm in m.layers}
+        self.tile = {b.array: b.array // m.hw.arrays_per_tile for b in m.blocks}
+
+    def declarations(self) -> None:
+        for n in self.g.inputs():
+            self.p.decls.append(Stmt("input", [_v(n.result)]))
+        used: dict[int, tuple[int, int]] = {}
+        for b in self.m.blocks:
+            r, c = used.get(b.array, (0, 0))
+            used[b.array] = (max(r, b.row_offset + b.height), max(c, b.col_offset + b.width))
+        for a, (r, c) in sorted(used.items()):
+            self.p.decls.append(
+                Stmt("array", [_a(a), word("tile"), self.tile[a], word("rows"), r, word("cols"), c])
+            )
+        for b in self.m.blocks:
+            args = [
+                _v(b.layer),
+                _a(b.array),
+                word("rows"),
+                _r(b.r0, b.r1),
+                word("cols"),
+                _r(b.c0, b.c1),
+            ]
+            self.p.decls.append(Stmt("block", [*args, word("at"), _r(b.row_offset, b.col_offset)]))
+
+    def neuron(self, n: Node) -> None:
+        channels = int(n.type.shape[1] or 1)
+        theta = np.broadcast_to(
+            np.asarray(channel_param(self.g, n, "theta"), np.float64), (channels,)
+        )
+        found = integer_thresholds(theta)
+        args: list[Any] = [_v(n.result), word("theta")]
+        if found is None:
+            args += (
+                [float(theta[0])] if np.all(theta == theta[0]) else [self._store(n, "theta", theta)]
+            )
+        else:
+            big, unit = found
+            args += [int(big[0])] if np.all(big == big[0]) else [self._store(n, "theta", big)]
+            args += [word("unit"), unit]
+        self.p.decls.append(Stmt("neuron", [*args, word("reset"), word(str(n.attrs["reset"]))]))
+
+    def _store(self, n: Node, key: str, data: np.ndarray) -> Tok:
+        name = f"%{n.result}.{key}"
+        self.arrays[name] = data
+        return Tok("const", "@" + name[1:])
+
+    def instruction(self, n: Node) -> None:
+        ins = [_v(v) for v in n.value_operands()]
+        lm = self.layer_of.get(n.result)
+        if n.op in ("conv2d", "dense") and lm is not None and lm.arrays:
+            arrays = [_a(a) for a in lm.arrays]
+            self.p.body.append(Stmt("mvm", [_v(n.result), *ins, *arrays]))
+            if lm.row_blocks > 1:
+                self.p.body.append(Stmt("add", [_v(n.result), *arrays]))
+            if lm.kind == "binary":
+                self.arrays[f"%{n.result}.w"] = pack_signs(self.g, n)
+        elif n.op == "if":
+            self.neuron(n)
+            self.p.body.append(Stmt("fire", [_v(n.result), *ins]))
+            self.p.body.append(Stmt("send", [_v(n.result), word("hops"), self.hops(n)]))
+        elif n.op == "readout":
+            self.p.body.append(Stmt("readout", [_v(n.result), *ins]))
+        else:
+            self.p.body.append(Stmt("digital", [_v(n.result), word(n.op), *ins]))
+
+    def tiles_of(self, node: str) -> list[int]:
+        lm = self.layer_of.get(node)
+        return sorted({self.tile[a] for a in lm.arrays}) if lm is not None else []
+
+    def hops(self, n: Node) -> int:
+        """Mesh distance from the tile where the neuron's input is summed to the tiles that
+        consume its spikes (0 when either side is digital)."""
+        width = math.ceil(math.sqrt(max(1, math.ceil(self.m.n_arrays / self.m.hw.arrays_per_tile))))
+        src = self._producer_tiles(n)
+        dst = [t for u in self._consumers(n.result) for t in self.tiles_of(u)]
+        if not src or not dst:
+            return 0
+        s = mesh_position(src[0], width)
+        return max(
+            abs(s[0] - mesh_position(t, width)[0]) + abs(s[1] - mesh_position(t, width)[1])
+            for t in dst
+        )
+
+    def _producer_tiles(self, n: Node) -> list[int]:
+        nodes = self.g.node_map()
+        cur = nodes[n.value_operands()[0]]
+        while cur.op not in ("conv2d", "dense", "input", "if"):
+            cur = nodes[cur.value_operands()[0]]
+        return self.tiles_of(cur.result)
+
+    def _consumers(self, value: str) -> list[str]:
+        out: list[str] = []
+        for u in self.g.users().get(value, []):
+            out += self._consumers(u.result) if u.op in _PASS_THROUGH else [u.result]
+        return out
+
+
+def emit_program(g: Graph, m: Mapping) -> tuple[Program, dict[str, np.ndarray]]:
+    """The tile program of ``g`` on mapping ``m``, and its arrays (packed weights, thresholds)."""
+    e = _Emitter(g, m)
+    e.declarations()
+    for n in g.nodes:
+        if n.op != "input":
+            e.instruction(n)
+    e.p.body.append(Stmt("barrier"))
+    return e.p, e.arrays
+
+
+_SHAPES: dict[str, int] = {"input": 1, "array": 7, "block": 8}
+
+
+def check_program(p: Program, source: str = "<program>") -> None:
+    """Semantic checks: known arrays in blocks and instructions, values defined before use."""
+    arrays: set[str] = set()
+    defined: set[str] = set()
+
+    def fail(s: Stmt, msg: str) -> BsnncError:
+        at = f"{s.pos[0]}:{s.pos[1]}: " if s.pos else ""
+        return BsnncError(f"{source}:{at}{s.op}: {msg}")
+
+    for s in p.decls:
+        if s.op in _SHAPES and len(s.args) != _SHAPES[s.op]:
+            raise fail(s, f"expects {_SHAPES[s.op]} arguments, got {len(s.args)}")
+        if s.op == "input":
+            defined.add(str(s.args[0]))
+        elif s.op == "array":
+            arrays.add(str(s.args[0]))
+        elif s.op == "block" and str(s.args[1]) not in arrays:
+            raise fail(s, f"array {s.args[1]} is not declared")
+        elif s.op not in ("array", "block", "neuron"):
+            raise fail(s, "only input, array, block and neuron declarations precede the loop")
+    for s in p.body:
+        if s.op in ("input", "array", "block", "neuron"):
+            raise fail(s, "declarations belong before the loop")
+        toks = [a for a in s.args if isinstance(a, Tok)]
+        for t in toks:
+            if t.kind == "array" and str(t) not in arrays:
+                raise fail(s, f"array {t} is not declared")
+        values = [str(t) for t in toks if t.kind == "value"]
+        if s.op in ("mvm", "fire", "readout", "digital"):
+            if not values:
+                raise fail(s, "names no result value")
+            for v in values[1:]:
+                if v not in defined:
+                    raise fail(s, f"{v} is used before it is defined")
+            defined.add(values[0])
+    if not p.body or p.body[-1].op != "barrier":
+        raise BsnncError(f"{source}: the timestep loop must end with a barrier")
+
+
+def load_program(path: str, members: dict[str, bytes]) -> Program:
+    """Parse and check an artifact's ``program.txt``; errors name ``path[program.txt]``."""
+    from bsnnc.backends.rram.program import parse_program
+
+    source = f"{path}[program.txt]"
+    try:
+        text = members["program.txt"].decode("utf-8")
+    except KeyError:
+        raise BsnncError(f"{path}: member program.txt is missing (recompile the model)") from None
+    except UnicodeDecodeError as e:
+        raise BsnncError(f"{source}: not text ({e})") from None
+    p = parse_program(text, source)
+    check_program(p, source)
+    return p

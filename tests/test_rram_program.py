@@ -1,0 +1,133 @@
+"""The tile program: emitted from every zoo model, parses back, carries the exact weights and
+thresholds, and a malformed program in an artifact is reported with its member and place."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from zoo import ZOO
+
+from bsnnc.backends.rram.emit import check_program, emit_program, integer_thresholds
+from bsnnc.backends.rram.hw import load_hw
+from bsnnc.backends.rram.mapping import partition
+from bsnnc.backends.rram.program import parse_program, print_program
+from bsnnc.compiler.cli import main
+from bsnnc.compiler.frontend.importer import import_onnx
+from bsnnc.compiler.passes import PassOptions, run_pipeline
+from bsnnc.ir.errors import BsnncError, IRParseError
+from bsnnc.ir.graph import Graph, channel_param
+from bsnnc.runtime.datasets import load_images
+
+
+def converted(zoo_data: Path, name: str) -> Graph:
+    options = PassOptions(calib=lambda: load_images(str(zoo_data / f"{name}.npz")))
+    return run_pipeline(import_onnx(zoo_data / f"{name}.onnx"), options)[0]
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+@pytest.mark.parametrize("pack", [False, True])
+def test_program_round_trip_and_contents(name: str, pack: bool, zoo_data: Path) -> None:
+    g = converted(zoo_data, name)
+    m = partition(g, load_hw("rram-128"), pack_layers=pack)
+    program, arrays = emit_program(g, m)
+    text = print_program(program)
+    back = parse_program(text)
+    check_program(back)
+    assert print_program(back) == text
+    nodes = g.node_map()
+    fired = [s for s in back.body if s.op == "fire"]
+    assert len(fired) == sum(n.op == "if" for n in g.nodes)
+    for lm in m.layers:
+        if lm.kind != "binary":
+            continue
+        # the packed bits are the layer's ±1 matrix, rows in (channel, ky, kx) order
+        w = g.constants[nodes[lm.node].const_operands()[0]].array()
+        bits = np.unpackbits(arrays[f"%{lm.node}.w"])[: lm.K * lm.N].reshape(lm.K, lm.N)
+        np.testing.assert_array_equal(np.where(bits == 1, 1, -1), w.reshape(lm.N, -1).T)
+        mvm = next(s for s in back.body if s.op == "mvm" and str(s.args[0]) == f"%{lm.node}")
+        assert [str(a) for a in mvm.args[2:]] == [f"a{a}" for a in lm.arrays]
+    for n in g.nodes:
+        if n.op != "if":
+            continue
+        decl = next(s for s in back.decls if s.op == "neuron" and str(s.args[0]) == f"%{n.result}")
+        theta = np.broadcast_to(
+            np.asarray(channel_param(g, n, "theta"), np.float64), (int(n.type.shape[1] or 1),)
+        )
+        unit = decl.args[decl.args.index(next(a for a in decl.args if str(a) == "unit")) + 1]
+        big = decl.args[2]
+        stored = (
+            arrays[f"%{n.result}.theta"] if not isinstance(big, int) else np.full(theta.shape, big)
+        )
+        np.testing.assert_array_equal(stored.astype(np.float64) * 2.0 ** int(unit), theta)  # exact
+
+
+def test_integer_thresholds() -> None:
+    found = integer_thresholds(np.array([0.75, 3.5]))
+    assert found is not None
+    big, unit = found
+    np.testing.assert_array_equal(big * 2.0**unit, [0.75, 3.5])
+    assert integer_thresholds(np.array([1 / 3])) is None  # not dyadic: kept as a float
+
+
+def _rewrite(src: Path, dst: Path, member: str, data: bytes, fix_checksum: bool) -> None:
+    with zipfile.ZipFile(src) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    members[member] = data
+    if fix_checksum:
+        manifest = json.loads(members["manifest.json"])
+        manifest["members"][member] = {
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "size": len(data),
+        }
+        members["manifest.json"] = json.dumps(manifest).encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, body in members.items():
+            z.writestr(name, body)
+    dst.write_bytes(buf.getvalue())
+
+
+@pytest.mark.parametrize(
+    ("edit", "where", "message"),
+    [
+        (lambda t: t.replace("loop timestep {", "loop timestep"), ":", "syntax error"),
+        (lambda t: t.replace(" a2 a3", " a2 a99", 1), ":", "array a99 is not declared"),
+        (lambda t: t.replace("  barrier\n", ""), "", "must end with a barrier"),
+    ],
+)
+def test_hand_edited_program_errors_name_member_and_place(
+    edit: object, where: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "d.tiles"
+    assert main(["compile", "digits", "-o", str(good), "--pack"]) == 0
+    with zipfile.ZipFile(good) as z:
+        text = z.read("program.txt").decode()
+    bad = tmp_path / "bad.tiles"
+    new = edit(text)  # type: ignore[operator]
+    assert new != text
+    _rewrite(good, bad, "program.txt", new.encode(), fix_checksum=True)
+    capsys.readouterr()
+    assert main(["inspect", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}[program.txt]{where}" in err and message in err
+    assert "Traceback" not in err
+    # without fixing the checksum, the manifest catches the edit first
+    _rewrite(good, bad, "program.txt", new.encode(), fix_checksum=False)
+    assert main(["inspect", str(bad)]) == 2
+    assert "member program.txt: checksum mismatch" in capsys.readouterr().err
+
+
+def test_parse_errors_are_typed() -> None:
+    with pytest.raises(IRParseError, match=r"^p:1:8: syntax error; expected a constant like @w"):
+        parse_program('programm @x hw "h" { loop timestep { barrier } }', "p")
+    p = parse_program(
+        'program @x hw "h" {\n  loop timestep {\n    fire %1 %0\n    barrier\n  }\n}\n', "p"
+    )
+    with pytest.raises(BsnncError, match=r"p:3:5: fire: %0 is used before it is defined"):
+        check_program(p, "p")
