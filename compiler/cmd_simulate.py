@@ -4,6 +4,7 @@ rates, normalized #OPS and early exit."""
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from bsnnc.ir.graph import Graph
 from bsnnc.runtime.artifact import read_artifact
 from bsnnc.runtime.datasets import Images, load_images
 from bsnnc.runtime.simulate import ann_accuracy, chunk_size, conversion_summary, metrics, run_chunks
+from bsnnc.runtime.tilesim import Counters, TileSimulator, cycles
 
 
 def add_parser(sub: Any) -> None:
@@ -58,7 +60,11 @@ def add_parser(sub: Any) -> None:
         help="memory bound per chunk, e.g. 512M, 4G (default: %(default)s)",
     )
     p.add_argument(
-        "--backend", choices=("numpy",), default="numpy", help="simulator (default: %(default)s)"
+        "--backend",
+        choices=("numpy", "rram"),
+        default="numpy",
+        help="numpy: the reference; rram: execute the tile program on the crossbar model, with "
+        "cycle and event counts (default: %(default)s)",
     )
     p.add_argument(
         "--data-dir", help="directory of cifar/imagenet data (default: $BSNNC_DATA or ./data)"
@@ -109,7 +115,12 @@ def run(args: argparse.Namespace) -> int:
         disable=not err.is_terminal,
     ) as bar:
         task = bar.add_task("", total=len(images))
-        chunks = run_chunks(g, images, T, size, args.early_exit, lambda n: bar.advance(task, n))
+        sim = TileSimulator(art, str(args.artifact)) if args.backend == "rram" else None
+        counters = Counters.zeros(T)
+        runner = None if sim is None else (lambda x, t: sim.run(x, t, counters))
+        chunks = run_chunks(
+            g, images, T, size, args.early_exit, lambda n: bar.advance(task, n), runner
+        )
     seconds = time.perf_counter() - t0
     out = metrics(g, images, chunks, T, args.early_exit)
     ann = None if args.no_ann else ann_accuracy(g, images)[0]
@@ -124,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
             "reset": art.meta.get("conversion", {}).get("reset"),
         }
     )
+    if sim is not None:
+        out.update(rram_report(sim, counters, len(images), art.extra))
     if args.plot is not None:
         plot_curve(args.plot, out)
     if args.json:
@@ -131,6 +144,36 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print(out)
     return 0
+
+
+def rram_report(
+    sim: TileSimulator, c: Counters, images: int, extra: dict[str, bytes]
+) -> dict[str, Any]:
+    """The tile simulator's numbers: events per inference (averaged over images, whole window),
+    cycles of the pipeline model, and the mapping's arrays, bounds and utilization."""
+    per = {
+        k: float(getattr(c, k).sum()) / images
+        for k in (
+            "row_activations",
+            "reads_issued",
+            "reads_skipped",
+            "conversions",
+            "psum_adds",
+            "neuron_updates",
+            "spike_packets",
+            "packet_hops",
+        )
+    }
+    cyc = cycles(c, images)
+    mapping = json.loads(extra["mapping.json"]) if "mapping.json" in extra else {}
+    keep = ("arrays", "arrays_bound_per_layer", "arrays_bound_global", "utilization", "bnn_arrays")
+    return {
+        **per,
+        **cyc,
+        "latency_s": cyc["cycles"] / sim.hw.clock_hz,
+        "hw": sim.hw.name,
+        **{k: mapping[k] for k in keep if k in mapping},
+    }
 
 
 def plot_curve(path: Path, out: dict[str, Any]) -> None:
@@ -188,6 +231,26 @@ def _print(out: dict[str, Any]) -> None:
     if "mean_exit_step" in out:
         t.add_row(f"mean exit step (V={out['early_exit']:g})", f"{out['mean_exit_step']:.1f}")
     t.add_row("throughput", f"{out['image_timesteps_per_second']:,.0f} image·timesteps/s")
+    if out["backend"] == "rram":
+        t.add_section()
+        t.add_row(
+            f"arrays on {out['hw']}",
+            f"{out.get('arrays', '?')} (bound {out.get('arrays_bound_per_layer', '?')})",
+        )
+        t.add_row(
+            "cycles per inference", f"{out['cycles']:,.0f} ({out['latency_s'] * 1e6:,.1f} µs)"
+        )
+        t.add_row(
+            "  bounds (pipelined / serial)",
+            f"{out['cycles_lower_bound']:,.0f} / {out['cycles_upper_bound']:,.0f}",
+        )
+        t.add_row("  critical layer", str(out["critical_layer"]))
+        t.add_row("row activations / inference", f"{out['row_activations']:,.0f}")
+        issued, skipped = out["reads_issued"], out["reads_skipped"]
+        t.add_row("array reads issued / skipped", f"{issued:,.0f} / {skipped:,.0f}")
+        t.add_row("ADC conversions / inference", f"{out['conversions']:,.0f}")
+        mean_hops = out["packet_hops"] / max(out["spike_packets"], 1)
+        t.add_row("spike packets × mean hops", f"{out['spike_packets']:,.0f} × {mean_hops:.2f}")
     err.print(t)
     r = Table(title="per layer", title_justify="left")
     r.add_column("IF layer")

@@ -24,6 +24,8 @@ def _session(
     m.ir_version = 8
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # many small sessions share 2 cores: idle pool threads must sleep, not spin
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
@@ -67,3 +69,56 @@ class SpikeDense:
     def __call__(self, s: np.ndarray) -> np.ndarray:
         out: np.ndarray = self.sess.run(None, {"x": np.ascontiguousarray(s, dtype=np.uint8)})[0]
         return out.astype(np.float32)
+
+
+class BlockedSpikeMatMul:
+    """One crossbar layer in one session: the input rows [M, K] (uint8 spikes) are split into
+    the row blocks ``bounds`` (one per array row range); each block is an exact
+    uint8 × int8 → int32 product with its weights [K_b, N], the partial sums are added (the
+    digital adder), and a second output counts, per input row and block, the driven rows
+    (the product with a 0/1 block-indicator matrix)."""
+
+    def __init__(self, w: np.ndarray, bounds: list[tuple[int, int]]) -> None:
+        k = w.shape[0]
+        sizes = [r1 - r0 for r0, r1 in bounds]
+        assert sum(sizes) == k and bounds[0][0] == 0
+        parts = [f"x{i}" for i in range(len(bounds))]
+        nodes = (
+            [helper.make_node("Split", ["x", "sizes"], parts, axis=1)] if len(bounds) > 1 else []
+        )
+        if len(bounds) == 1:
+            parts = ["x"]
+        inits = (
+            [numpy_helper.from_array(np.array(sizes, np.int64), "sizes")] if len(bounds) > 1 else []
+        )
+        outs = []
+        for i, ((r0, r1), part) in enumerate(zip(bounds, parts, strict=True)):
+            inits.append(numpy_helper.from_array(np.ascontiguousarray(w[r0:r1], np.int8), f"w{i}"))
+            nodes.append(helper.make_node("MatMulInteger", [part, f"w{i}"], [f"p{i}"]))
+            outs.append(f"p{i}")
+        acc = outs[0]
+        for i, p in enumerate(outs[1:]):  # the digital adder tree, as a chain
+            nodes.append(helper.make_node("Add", [acc, p], [f"s{i}"]))
+            acc = f"s{i}"
+        nodes.append(helper.make_node("Identity", [acc], ["y"]))
+        ind = np.zeros((k, len(bounds)), np.int8)
+        for i, (r0, r1) in enumerate(bounds):
+            ind[r0:r1, i] = 1
+        inits.append(numpy_helper.from_array(ind, "ind"))
+        nodes.append(helper.make_node("MatMulInteger", ["x", "ind"], ["counts"]))
+        x = helper.make_tensor_value_info("x", TensorProto.UINT8, None)
+        ys = [helper.make_tensor_value_info(n, TensorProto.INT32, None) for n in ("y", "counts")]
+        g = helper.make_graph(nodes, "layer", [x], ys, inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        m.ir_version = 8
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.sess = ort.InferenceSession(
+            m.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+        )
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(sum of the block products [M, N], driven rows per block [M, blocks])."""
+        y, counts = self.sess.run(None, {"x": np.ascontiguousarray(x, dtype=np.uint8)})
+        return y, counts

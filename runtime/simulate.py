@@ -92,12 +92,14 @@ def run_chunks(
     size: int,
     early_exit: float | None,
     progress: Progress | None = None,
+    runner: Callable[[np.ndarray, int], SnnTrace] | None = None,
 ) -> Chunks:
-    """Simulate every image, ``size`` at a time."""
-    rt = SnnRuntime(g)
+    """Simulate every image, ``size`` at a time, with ``runner`` (default: the numpy
+    reference)."""
+    run = runner or SnnRuntime(g).run
     acc = Chunks()
     for s in range(0, len(images), size):
-        trace = rt.run(images.x[s : s + size], T)
+        trace = run(images.x[s : s + size], T)
         acc.preds.append(trace.final.argmax(axis=2).astype(np.int32))
         acc.exit_step.append(exit_steps(trace.final, early_exit))
         for k, v in trace.spikes.items():

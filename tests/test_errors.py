@@ -942,7 +942,7 @@ def test_simulate_images_of_the_wrong_shape(
         (["--max-memory", "0"], "--max-memory"),
         (["--max-memory", "lots"], "--max-memory"),
         (["--early-exit", "soon"], "--early-exit"),
-        (["--backend", "rram"], "invalid choice"),
+        (["--backend", "gpu"], "invalid choice"),
     ],
 )
 def test_simulate_usage_errors(

@@ -49,7 +49,8 @@ def test_program_round_trip_and_contents(name: str, pack: bool, zoo_data: Path) 
         # the packed bits are the layer's ±1 matrix, rows in (channel, ky, kx) order
         w = g.constants[nodes[lm.node].const_operands()[0]].array()
         bits = np.unpackbits(arrays[f"%{lm.node}.w"])[: lm.K * lm.N].reshape(lm.K, lm.N)
-        np.testing.assert_array_equal(np.where(bits == 1, 1, -1), w.reshape(lm.N, -1).T)
+        mat = w.transpose(0, 2, 3, 1).reshape(lm.N, -1).T if w.ndim == 4 else w.T
+        np.testing.assert_array_equal(np.where(bits == 1, 1, -1), mat)  # rows: (ky, kx, c)
         mvm = next(s for s in back.body if s.op == "mvm" and str(s.args[0]) == f"%{lm.node}")
         assert [str(a) for a in mvm.args[2:]] == [f"a{a}" for a in lm.arrays]
     for n in g.nodes:

@@ -44,10 +44,17 @@ def integer_thresholds(theta: np.ndarray) -> tuple[np.ndarray, int] | None:
 
 
 def pack_signs(g: Graph, n: Node) -> np.ndarray:
-    """The layer's K × N ±1 matrix (rows in (channel, ky, kx) order), bit-packed, 1 = +1."""
-    w = g.constants[n.const_operands()[0]].array()
-    mat = w.reshape(w.shape[0], -1).T  # [K, N]
-    return np.packbits(mat > 0, axis=None)
+    """The layer's K × N ±1 matrix, bit-packed (1 = +1), rows in :func:`unrolled` order."""
+    return np.packbits(unrolled(g.constants[n.const_operands()[0]].array()) > 0, axis=None)
+
+
+def unrolled(w: np.ndarray) -> np.ndarray:
+    """Weights [N, Cin, kH, kW] (or [N, K]) as the K × N crossbar matrix. Conv rows are ordered
+    channels-fastest: row k = (ky·kW + kx)·Cin + c, so that the rows one input pixel drives are
+    contiguous and im2col copies whole channel runs."""
+    if w.ndim == 4:
+        w = w.transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(w.reshape(w.shape[0], -1).T)
 
 
 class _Emitter:

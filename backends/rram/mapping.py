@@ -1,8 +1,9 @@
 """Partitioning binary layers onto crossbar arrays, packing, and the bounds to compare with.
 
-A binary conv/dense layer unrolls to a K × N matrix: K = Cin·kH·kW rows (one per input; each
-row keeps its (channel, ky, kx) provenance) and N = Cout columns. With ρ rows per input (1 for
-a B-SNN's 0/1 spikes, 2 for a BNN's ±1 inputs), R rows and C data columns per array (the
+A binary conv/dense layer unrolls to a K × N matrix: K = Cin·kH·kW rows (one per input; row
+k = (ky·kW + kx)·Cin + c keeps its (channel, ky, kx) provenance) and N = Cout columns. With ρ
+rows per input (1 for a B-SNN's 0/1 spikes, 2 for a BNN's ±1 inputs), R rows and C data columns
+per array (the
 reference column sits outside the data columns), the layer is cut into
 ``⌈ρK/R⌉ × ⌈N/C⌉`` blocks; partial sums across row blocks are added digitally and the IF
 neuron of each output sits after that adder.

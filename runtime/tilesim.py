@@ -1,0 +1,293 @@
+"""The tile simulator: executes an artifact's tile program on the RRAM accelerator model.
+
+Functional (ideal mode): every ``mvm`` is computed array block by array block — the im2col
+rows of the input spikes against the bit-packed ±1 weights of ``program.npz`` (not the IR's
+constants), one exact uint8 × int8 → int32 product per row block — and the partial sums are
+added by the digital adder (``add``); ``fire`` integrates with the program's integer
+thresholds Θ·2^unit; ``digital`` instructions (the full-precision first/last layers, pooling,
+flatten, scale, bias) run the reference kernels of the digital periphery. Spikes, membranes
+and predictions therefore equal the numpy SNN reference bit for bit, which the tests check.
+
+Like the reference, each instruction is executed for all T timesteps of a chunk of images at
+once: within a timestep the program order is a topological order and only neuron membranes
+carry state across steps, so this equals looping ``loop timestep`` T times.
+
+Cycle-approximate counters (per timestep and array): driven rows (event-driven: only rows whose
+input spiked), MVM reads issued vs skipped (no input row spiked), sense/ADC conversions (one per
+block column per issued read), partial-sum additions across row blocks, neuron updates and
+spike packets × hops. Cycles per timestep of a layer = the busiest array's issued reads ×
+(columns_per_adc + 1) (row drive, then the multiplexed conversions); the layers form a pipeline
+over timesteps, bounded below by Σ_t max_l and above by Σ_t Σ_l of the per-layer cycles.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from bsnnc.backends.rram.emit import load_program
+from bsnnc.backends.rram.hw import HwConfig, load_hw
+from bsnnc.backends.rram.program import Program, Stmt, Tok
+from bsnnc.ir.errors import ArtifactError
+from bsnnc.ir.graph import Graph, Node, attr_ints
+from bsnnc.ir.io import read_npz
+from bsnnc.runtime.ann import ANN_KERNELS, last_uses
+from bsnnc.runtime.artifact import Artifact
+from bsnnc.runtime.intkernels import BlockedSpikeMatMul
+from bsnnc.runtime.snn import SnnTrace, Value, if_scan
+
+
+@dataclass
+class Counters:
+    """Event counts, summed over images; per-timestep vectors have length T."""
+
+    T: int
+    row_activations: np.ndarray
+    reads_issued: np.ndarray
+    reads_skipped: np.ndarray
+    conversions: np.ndarray
+    psum_adds: np.ndarray
+    neuron_updates: np.ndarray
+    spike_packets: np.ndarray
+    packet_hops: np.ndarray
+    #: per layer: [T] cycles of its busiest array, summed over images
+    layer_cycles: dict[str, np.ndarray] = field(default_factory=dict)
+    #: per layer: [T] row activations
+    layer_rows: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @staticmethod
+    def zeros(T: int) -> Counters:
+        def z() -> np.ndarray:
+            return np.zeros(T, np.int64)
+
+        return Counters(T, z(), z(), z(), z(), z(), z(), z(), z())
+
+    def add_layer_cycles(self, layer: str, cycles: np.ndarray) -> None:
+        self.layer_cycles[layer] = self.layer_cycles.get(layer, np.zeros(self.T, np.int64)) + cycles
+
+
+def _im2col(s: np.ndarray, n: Node, kh: int, kw: int) -> tuple[np.ndarray, int, int]:
+    """Spikes [B, C, H, W] → rows [B·oh·ow, kh·kw·C] in (ky, kx, c) order (uint8)."""
+    st, pad, dil = (
+        attr_ints(n.attrs, "stride"),
+        attr_ints(n.attrs, "pad"),
+        attr_ints(n.attrs, "dilation"),
+    )
+    b, c = s.shape[0], s.shape[1]
+    oh, ow = int(n.type.shape[2] or 0), int(n.type.shape[3] or 0)
+    hp = max(s.shape[2] + pad[0] + pad[2], (oh - 1) * st[0] + (kh - 1) * dil[0] + 1)
+    wp = max(s.shape[3] + pad[1] + pad[3], (ow - 1) * st[1] + (kw - 1) * dil[1] + 1)
+    xp = np.zeros((b, hp, wp, c), np.uint8)
+    xp[:, pad[0] : pad[0] + s.shape[2], pad[1] : pad[1] + s.shape[3], :] = s.transpose(0, 2, 3, 1)
+    word = 8 if c % 8 == 0 else 4 if c % 4 == 0 else 2 if c % 2 == 0 else 1
+    v = xp.view({8: np.uint64, 4: np.uint32, 2: np.uint16, 1: np.uint8}[word])
+    sb, sh, sw, sc = v.strides
+    view = as_strided(
+        v,
+        (b, oh, ow, kh, kw, c // word),
+        (sb, sh * st[0], sw * st[1], sh * dil[0], sw * dil[1], sc),
+    )
+    cols = np.ascontiguousarray(view).view(np.uint8).reshape(b * oh * ow, kh * kw * c)
+    return cols, oh, ow
+
+
+class TileSimulator:
+    """Runs an artifact's tile program (see the module docstring)."""
+
+    def __init__(self, art: Artifact, path: str, hw: HwConfig | None = None) -> None:
+        self.g: Graph = art.graph
+        self.program: Program = load_program(path, art.extra)
+        self.hw = hw or load_hw(self.program.hw)
+        try:
+            self.arrays = read_npz(io.BytesIO(art.extra["program.npz"]))
+        except KeyError:
+            raise ArtifactError(f"{path}: member program.npz is missing") from None
+        self.nodes = self.g.node_map()
+        self.blocks: dict[str, list[tuple[int, int, int, int, int]]] = {}
+        self.thresholds: dict[str, tuple[np.ndarray | float, str]] = {}
+        for s in self.program.decls:
+            self._declare(s)
+        self.weights = {k[1:-2]: self._unpack(k) for k in self.arrays if k.endswith(".w")}
+        self.kernels = {layer: self._row_block_kernels(layer) for layer in self.weights}
+
+    def _declare(self, s: Stmt) -> None:
+        a = s.args
+        if s.op == "block":
+            r0, r1 = (int(x) for x in str(a[3]).split(":"))
+            c0, c1 = (int(x) for x in str(a[5]).split(":"))
+            self.blocks.setdefault(str(a[0])[1:], []).append((int(str(a[1])[1:]), r0, r1, c0, c1))
+        elif s.op == "neuron":
+            raw = a[2]
+            theta: np.ndarray | float
+            if isinstance(raw, Tok):
+                theta = self.arrays["%" + str(raw)[1:]].astype(np.float64)
+            else:
+                theta = float(raw)
+            if str(a[3]) == "unit":
+                theta = theta * 2.0 ** int(a[4])  # type: ignore[arg-type]
+            self.thresholds[str(a[0])[1:]] = (theta, str(a[-1]))
+
+    def _unpack(self, key: str) -> np.ndarray:
+        layer = key[1:-2]
+        w = self.g.constants[self.nodes[layer].const_operands()[0]].type.shape
+        k, n = int(np.prod([int(d or 1) for d in w[1:]])), int(w[0] or 0)
+        bits = np.unpackbits(self.arrays[key])[: k * n].reshape(k, n)
+        return np.where(bits == 1, 1, -1).astype(np.int8)
+
+    def _row_bounds(self, layer: str) -> list[tuple[int, int]]:
+        return sorted({(r0, r1) for _, r0, r1, _, _ in self.blocks[layer]})
+
+    def _row_block_kernels(self, layer: str) -> BlockedSpikeMatMul:
+        """The layer's row blocks (their column blocks side by side) in one session."""
+        return BlockedSpikeMatMul(self.weights[layer], self._row_bounds(layer))
+
+    def run(self, x: np.ndarray, T: int, counters: Counters) -> SnnTrace:
+        """Simulate T timesteps on images ``x``; adds the events to ``counters``."""
+        env: dict[str, Value] = {}
+        trace = SnnTrace(final=np.zeros(0))
+        last = last_uses(self.g)
+        order = {n.result: i for i, n in enumerate(self.g.nodes)}
+        inp = self.g.inputs()[0].result
+        env[inp] = Value(np.ascontiguousarray(x, np.float32), True)
+        for s in self.program.body:
+            if s.op == "barrier":
+                continue
+            if s.op == "add":
+                self._count_add(s, env, counters)
+                continue
+            if s.op == "send":
+                self._count_send(s, env, counters)
+                continue
+            result = str(s.args[0])[1:]
+            env[result] = self._execute(s, result, env, T, trace, counters)
+            for v in last.get(order[result], []):
+                if v != result:
+                    env.pop(v, None)
+        trace.final = env[self.g.outputs[0]].data
+        return trace
+
+    def _execute(
+        self, s: Stmt, result: str, env: dict[str, Value], T: int, trace: SnnTrace, c: Counters
+    ) -> Value:
+        n = self.nodes[result]
+        src = env[n.value_operands()[0]]
+        if s.op == "fire":
+            theta, reset = self.thresholds[result]
+            th = (
+                theta
+                if isinstance(theta, float)
+                else theta.reshape(1, -1, *([1] * (n.type.rank - 2)))
+            )
+            spikes = if_scan(src, th, reset, T)
+            b = spikes.shape[1]
+            trace.spikes[result] = spikes.reshape(T, b, -1).sum(axis=2, dtype=np.int64)
+            trace.per_neuron[result] = spikes.sum(axis=0, dtype=np.int32).reshape(b, -1)
+            c.neuron_updates += b * n.type.numel_per_sample()
+            return Value(spikes, False)
+        if s.op == "readout":
+            if src.static:
+                steps = np.arange(1, T + 1, dtype=np.float64).reshape(T, *([1] * src.data.ndim))
+                return Value(steps * src.data.astype(np.float64), False)
+            return Value(np.cumsum(src.data, axis=0, dtype=np.float64), False)
+        if s.op == "mvm" and result in self.kernels:
+            return self._mvm(n, src, T, trace, c)
+        return self._digital(n, src, T)
+
+    def _digital(self, n: Node, x: Value, T: int) -> Value:
+        consts = [self.g.constants[k].array() for k in n.const_operands()]
+        kernel = ANN_KERNELS[n.op]
+        if x.static:
+            return Value(kernel([x.data, *consts], n.attrs), True)
+        flat = x.data.reshape(T * x.data.shape[1], *x.data.shape[2:])
+        if n.op in ("conv2d", "dense") and flat.dtype == np.uint8:
+            flat, consts = flat.astype(np.float64), [w.astype(np.float64) for w in consts]
+        y = kernel([flat, *consts], n.attrs)
+        return Value(y.reshape(T, x.data.shape[1], *y.shape[1:]), False)
+
+    def _mvm(self, n: Node, s: Value, T: int, trace: SnnTrace, c: Counters) -> Value:
+        b = s.data.shape[1]
+        flat = s.data.reshape(T * b, *s.data.shape[2:])
+        trace.layer_input[n.result] = s.data.reshape(T, b, -1).sum(axis=2, dtype=np.int64)
+        if n.op == "conv2d":
+            w = self.g.constants[n.const_operands()[0]].type.shape
+            cols, oh, ow = _im2col(flat, n, int(w[2] or 1), int(w[3] or 1))
+        else:
+            cols, oh, ow = flat.reshape(T * b, -1), 1, 1
+        total, driven = self.kernels[n.result](cols)
+        for j, (r0, r1) in enumerate(self._row_bounds(n.result)):
+            self._count_mvm(n.result, driven[:, j], r0, r1, T, b, oh * ow, c)
+        y4 = total.astype(np.float32).reshape(T * b, oh, ow, -1)
+        y = y4.transpose(0, 3, 1, 2) if n.op == "conv2d" else y4.reshape(T * b, -1)
+        return Value(np.ascontiguousarray(y).reshape(T, b, *y.shape[1:]), False)
+
+    def _count_mvm(
+        self,
+        layer: str,
+        driven_rows: np.ndarray,
+        r0: int,
+        r1: int,
+        T: int,
+        b: int,
+        positions: int,
+        c: Counters,
+    ) -> None:
+        driven = driven_rows.reshape(T, b * positions)
+        issued = (driven > 0).sum(axis=1)
+        # a spike drives its row in every array of the row block (one per column block)
+        rows = driven.sum(axis=1) * self._blocks_in_rows(layer, r0, r1)
+        c.row_activations += rows
+        c.layer_rows[layer] = c.layer_rows.get(layer, np.zeros(c.T, np.int64)) + rows
+        c.reads_issued += issued * self._blocks_in_rows(layer, r0, r1)
+        c.reads_skipped += (b * positions - issued) * self._blocks_in_rows(layer, r0, r1)
+        width = sum(c1 - c0 for _, br0, br1, c0, c1 in self.blocks[layer] if (br0, br1) == (r0, r1))
+        c.conversions += issued * width
+        per_image = (driven > 0).reshape(T, b, positions).sum(axis=2)  # reads per image and step
+        c.add_layer_cycles(layer, per_image.sum(axis=1) * (self.hw.columns_per_adc + 1))
+
+    def _blocks_in_rows(self, layer: str, r0: int, r1: int) -> int:
+        return sum(1 for _, br0, br1, _, _ in self.blocks[layer] if (br0, br1) == (r0, r1))
+
+    def _count_add(self, s: Stmt, env: dict[str, Value], c: Counters) -> None:
+        """Partial sums of the row blocks, added per output neuron (and timestep)."""
+        layer = str(s.args[0])[1:]
+        n = self.nodes[layer]
+        val = env.get(layer)
+        b = val.data.shape[1] if val is not None else 0
+        blocks = len(self._row_bounds(layer)) if layer in self.kernels else 1
+        c.psum_adds += (blocks - 1) * b * n.type.numel_per_sample()
+
+    def _count_send(self, s: Stmt, env: dict[str, Value], c: Counters) -> None:
+        layer = str(s.args[0])[1:]
+        hops = int(s.args[2])  # type: ignore[arg-type]
+        spikes = env[layer].data
+        per_step = spikes.reshape(spikes.shape[0], -1).sum(axis=1, dtype=np.int64)
+        c.spike_packets += per_step
+        c.packet_hops += per_step * hops
+
+
+def cycles(c: Counters, images: int) -> dict[str, Any]:
+    """The pipeline model: per timestep the layers' cycles (per image, averaged)."""
+    layers = sorted(c.layer_cycles)
+    if not layers or images == 0:
+        return {
+            "cycles": 0,
+            "cycles_lower_bound": 0,
+            "cycles_upper_bound": 0,
+            "critical_layer": None,
+        }
+    per = np.stack([c.layer_cycles[k] for k in layers]) / images  # [L, T]
+    fill = float(per[:, 0].sum())
+    steady = float(per[:, 1:].max(axis=0).sum())
+    lower = float(per.max(axis=0).sum())
+    upper = float(per.sum())
+    critical = layers[int(np.argmax(per.sum(axis=1)))]
+    return {
+        "cycles": max(lower, fill + steady),
+        "cycles_lower_bound": lower,
+        "cycles_upper_bound": upper,
+        "critical_layer": f"%{critical}",
+    }

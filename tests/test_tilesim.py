@@ -1,0 +1,126 @@
+"""The tile simulator executes the tile program and reproduces the numpy SNN reference bit for
+bit; its event counters obey their definitions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from zoo import ZOO
+
+from bsnnc.compiler.cli import main
+from bsnnc.runtime.artifact import read_artifact
+from bsnnc.runtime.datasets import Images, load_images
+from bsnnc.runtime.simulate import metrics, run_chunks
+from bsnnc.runtime.tilesim import Counters, TileSimulator, cycles
+
+
+def compile_to(tmp_path: Path, args: list[str]) -> Path:
+    out = tmp_path / "m.tiles"
+    assert main(["compile", *args, "-o", str(out)]) == 0
+    return out
+
+
+def both(
+    path: Path, images: Images, T: int, early: float | None = None
+) -> tuple[dict, dict, Counters, TileSimulator]:  # type: ignore[type-arg]
+    art = read_artifact(path)
+    g = art.graph
+    ref = metrics(g, images, run_chunks(g, images, T, 32, early), T, early)
+    sim = TileSimulator(art, str(path))
+    c = Counters.zeros(T)
+    got = metrics(
+        g,
+        images,
+        run_chunks(g, images, T, 32, early, runner=lambda x, t: sim.run(x, t, c)),
+        T,
+        early,
+    )
+    return ref, got, c, sim
+
+
+KEYS = (
+    "spike_digest",
+    "predictions",
+    "accuracy_per_timestep",
+    "spike_rates",
+    "ifr",
+    "normalized_ops",
+)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+@pytest.mark.parametrize(
+    "extra", [[], ["--reset", "zero", "--pack"], ["--hw", "rram-256", "--fp-layers", "bitsliced"]]
+)
+def test_bit_exact_with_the_reference(
+    name: str, extra: list[str], zoo_data: Path, tmp_path: Path
+) -> None:
+    path = compile_to(
+        tmp_path, [str(zoo_data / f"{name}.onnx"), "--calib", str(zoo_data / f"{name}.npz"), *extra]
+    )
+    data = np.load(zoo_data / f"{name}.npz")
+    ref, got, c, _ = both(path, Images(name, data["x"][:24], data["y"][:24]), 24)
+    for k in KEYS:
+        assert got[k] == ref[k], k
+    assert c.reads_issued.sum() > 0
+
+
+def test_digits_bit_exact_with_early_exit(tmp_path: Path) -> None:
+    path = compile_to(tmp_path, ["digits", "--pack"])
+    images = load_images("digits", limit=80)
+    ref, got, _, _ = both(path, images, 40, early=60.0)
+    for k in (*KEYS, "mean_exit_step", "exit_step_histogram", "final_accuracy"):
+        assert got[k] == ref[k], k
+
+
+def test_counters_follow_their_definitions(zoo_data: Path, tmp_path: Path) -> None:
+    """gap_binary's binary dense layer: a spike drives one row per column-block array, every
+    input row is read (issued or skipped) once per image and step, conversions = issued reads ×
+    block width."""
+    path = compile_to(
+        tmp_path, [str(zoo_data / "gap_binary.onnx"), "--calib", str(zoo_data / "gap_binary.npz")]
+    )
+    data = np.load(zoo_data / "gap_binary.npz")
+    images = Images("g", data["x"][:10], data["y"][:10])
+    T = 12
+    ref, _, c, sim = both(path, images, T)
+    g = read_artifact(path).graph
+    positions_blocks = 0
+    for layer, blocks in sim.blocks.items():
+        n = g.node_map()[layer]
+        positions = int(np.prod([int(d or 1) for d in n.type.shape[2:]])) if n.op == "conv2d" else 1
+        positions_blocks += positions * len(blocks)
+    np.testing.assert_array_equal(
+        c.reads_issued + c.reads_skipped, np.full(T, positions_blocks * 10)
+    )
+    assert np.all(c.conversions >= c.reads_issued) and np.all(c.row_activations >= c.reads_issued)
+    # the dense layer reads exactly the spikes entering it (1 column block: 12 outputs ≤ 128)
+    dense = next(n for n in g.nodes if n.op == "dense" and n.result in sim.blocks)
+    conv = next(n for n in g.nodes if n.op == "conv2d" and n.result in sim.blocks)
+    spikes_into_dense = ref["ifr"][f"%{dense.result} {dense.loc}"] * 16 * 10
+    assert spikes_into_dense > 0
+    assert c.layer_rows[dense.result].sum() == pytest.approx(spikes_into_dense, abs=1e-6)
+    assert c.row_activations.sum() == sum(v.sum() for v in c.layer_rows.values())
+    cyc = cycles(c, 10)
+    assert cyc["cycles_lower_bound"] <= cyc["cycles"] <= cyc["cycles_upper_bound"]
+    assert cyc["critical_layer"] in (f"%{dense.result}", f"%{conv.result}")
+
+
+def test_simulate_backend_rram_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = compile_to(tmp_path, ["digits"])
+    capsys.readouterr()
+    common = [str(path), "--limit", "40", "-T", "24", "--json"]
+    assert main(["simulate", *common]) == 0
+    ref = json.loads(capsys.readouterr().out)
+    assert main(["simulate", *common, "--backend", "rram"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["backend"] == "rram" and out["predictions"] == ref["predictions"]
+    assert out["spike_digest"] == ref["spike_digest"]
+    for key in ("cycles", "latency_s", "row_activations", "reads_issued", "reads_skipped", "arrays",
+                "arrays_bound_per_layer", "arrays_bound_global", "utilization"):  # fmt: skip
+        assert key in out, key
+    assert out["latency_s"] == pytest.approx(out["cycles"] / 1e9)
+    assert out["arrays"] == out["arrays_bound_per_layer"] == 10
