@@ -4,6 +4,7 @@ rates, normalized #OPS and early exit."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from bsnnc.ir.graph import Graph
 from bsnnc.runtime.artifact import read_artifact
 from bsnnc.runtime.datasets import Images, load_images
 from bsnnc.runtime.simulate import ann_accuracy, chunk_size, conversion_summary, metrics, run_chunks
-from bsnnc.runtime.tilesim import Counters, TileSimulator, cycles
+from bsnnc.runtime.tilesim import Counters, NonIdeal, TileSimulator, cycles
 
 
 def add_parser(sub: Any) -> None:
@@ -66,6 +67,27 @@ def add_parser(sub: Any) -> None:
         help="numpy: the reference; rram: execute the tile program on the crossbar model, with "
         "cycle and event counts (default: %(default)s)",
     )
+    ni = p.add_argument_group("non-idealities (--backend rram; off by default, seeded)")
+    ni.add_argument(
+        "--adc-bits", type=positive_int, help="clip each array's column sums to ±(2^(bits−1) − 1)"
+    )
+    ni.add_argument(
+        "--variation",
+        type=float,
+        default=0.0,
+        metavar="SIGMA",
+        help="relative σ of each cell's conductance",
+    )
+    ni.add_argument(
+        "--stuck-at",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="fraction of cells stuck at +1 or −1",
+    )
+    ni.add_argument(
+        "--seed", type=int, default=0, help="seed of the non-idealities (default: %(default)s)"
+    )
     p.add_argument(
         "--data-dir", help="directory of cifar/imagenet data (default: $BSNNC_DATA or ./data)"
     )
@@ -99,6 +121,7 @@ def _spiking_graph(path: Path) -> Graph:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``simulate``; returns the exit code."""
+    nonideal = _nonideal(args)
     art = read_artifact(args.artifact)
     g = _spiking_graph(args.artifact)
     images = check_images(_images(args, art.meta), g, "--images")
@@ -115,7 +138,11 @@ def run(args: argparse.Namespace) -> int:
         disable=not err.is_terminal,
     ) as bar:
         task = bar.add_task("", total=len(images))
-        sim = TileSimulator(art, str(args.artifact)) if args.backend == "rram" else None
+        sim = (
+            TileSimulator(art, str(args.artifact), nonideal=nonideal)
+            if args.backend == "rram"
+            else None
+        )
         counters = Counters.zeros(T)
         runner = None if sim is None else (lambda x, t: sim.run(x, t, counters))
         chunks = run_chunks(
@@ -146,6 +173,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nonideal(args: argparse.Namespace) -> NonIdeal:
+    ni = NonIdeal(args.adc_bits, args.variation, args.stuck_at, args.seed)
+    if not ni.ideal and args.backend != "rram":
+        raise BsnncError("--adc-bits, --variation and --stuck-at need --backend rram")
+    if ni.variation < 0 or not 0 <= ni.stuck_at <= 1:
+        raise BsnncError("--variation must be ≥ 0 and --stuck-at within [0, 1]")
+    return ni
+
+
 def rram_report(
     sim: TileSimulator, c: Counters, images: int, extra: dict[str, bytes]
 ) -> dict[str, Any]:
@@ -172,6 +208,7 @@ def rram_report(
         **cyc,
         "latency_s": cyc["cycles"] / sim.hw.clock_hz,
         "hw": sim.hw.name,
+        "nonideal": dataclasses.asdict(sim.nonideal),
         **{k: mapping[k] for k in keep if k in mapping},
     }
 

@@ -73,52 +73,70 @@ class SpikeDense:
 
 class BlockedSpikeMatMul:
     """One crossbar layer in one session: the input rows [M, K] (uint8 spikes) are split into
-    the row blocks ``bounds`` (one per array row range); each block is an exact
-    uint8 × int8 → int32 product with its weights [K_b, N], the partial sums are added (the
-    digital adder), and a second output counts, per input row and block, the driven rows
-    (the product with a 0/1 block-indicator matrix)."""
+    the row blocks ``bounds`` (one per array row range); each block is a product with its
+    weights [K_b, N] — exact uint8 × int8 → int32 for ±1 weights, float32 for perturbed
+    conductances — optionally clipped to ±``clip`` (an ADC's range), and the partial sums are
+    added (the digital adder). A second output counts, per input row and block, the driven
+    rows (the product with a 0/1 block-indicator matrix)."""
 
-    def __init__(self, w: np.ndarray, bounds: list[tuple[int, int]]) -> None:
-        k = w.shape[0]
+    def __init__(
+        self, w: np.ndarray, bounds: list[tuple[int, int]], clip: int | None = None
+    ) -> None:
+        exact = w.dtype == np.int8
         sizes = [r1 - r0 for r0, r1 in bounds]
-        assert sum(sizes) == k and bounds[0][0] == 0
-        parts = [f"x{i}" for i in range(len(bounds))]
-        nodes = (
-            [helper.make_node("Split", ["x", "sizes"], parts, axis=1)] if len(bounds) > 1 else []
-        )
-        if len(bounds) == 1:
-            parts = ["x"]
-        inits = (
-            [numpy_helper.from_array(np.array(sizes, np.int64), "sizes")] if len(bounds) > 1 else []
-        )
+        assert sum(sizes) == w.shape[0] and bounds[0][0] == 0
+        src = "x" if exact else "xf"
+        nodes = [] if exact else [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT)]
+        inits = [numpy_helper.from_array(np.array(sizes, np.int64), "sizes")]
+        parts = [f"x{i}" for i in range(len(bounds))] if len(bounds) > 1 else [src]
+        if len(bounds) > 1:
+            nodes.append(helper.make_node("Split", [src, "sizes"], parts, axis=1))
+        if clip is not None:
+            dtype = np.int32 if exact else np.float32
+            inits += [
+                numpy_helper.from_array(np.array(v, dtype), n)
+                for n, v in (("lo", -clip), ("hi", clip))
+            ]
         outs = []
         for i, ((r0, r1), part) in enumerate(zip(bounds, parts, strict=True)):
-            inits.append(numpy_helper.from_array(np.ascontiguousarray(w[r0:r1], np.int8), f"w{i}"))
-            nodes.append(helper.make_node("MatMulInteger", [part, f"w{i}"], [f"p{i}"]))
-            outs.append(f"p{i}")
+            inits.append(numpy_helper.from_array(np.ascontiguousarray(w[r0:r1]), f"w{i}"))
+            nodes.append(
+                helper.make_node("MatMulInteger" if exact else "MatMul", [part, f"w{i}"], [f"p{i}"])
+            )
+            if clip is not None:
+                nodes.append(helper.make_node("Clip", [f"p{i}", "lo", "hi"], [f"c{i}"]))
+            outs.append(f"c{i}" if clip is not None else f"p{i}")
         acc = outs[0]
         for i, p in enumerate(outs[1:]):  # the digital adder tree, as a chain
             nodes.append(helper.make_node("Add", [acc, p], [f"s{i}"]))
             acc = f"s{i}"
         nodes.append(helper.make_node("Identity", [acc], ["y"]))
-        ind = np.zeros((k, len(bounds)), np.int8)
+        ind = np.zeros((w.shape[0], len(bounds)), np.int8)
         for i, (r0, r1) in enumerate(bounds):
             ind[r0:r1, i] = 1
         inits.append(numpy_helper.from_array(ind, "ind"))
         nodes.append(helper.make_node("MatMulInteger", ["x", "ind"], ["counts"]))
-        x = helper.make_tensor_value_info("x", TensorProto.UINT8, None)
-        ys = [helper.make_tensor_value_info(n, TensorProto.INT32, None) for n in ("y", "counts")]
-        g = helper.make_graph(nodes, "layer", [x], ys, inits)
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-        m.ir_version = 8
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.sess = ort.InferenceSession(
-            m.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-        )
+        y_type = TensorProto.INT32 if exact else TensorProto.FLOAT
+        outputs = [
+            helper.make_tensor_value_info("y", y_type, None),
+            helper.make_tensor_value_info("counts", TensorProto.INT32, None),
+        ]
+        self.sess = _session_outputs(nodes, inits, outputs)
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(sum of the block products [M, N], driven rows per block [M, blocks])."""
         y, counts = self.sess.run(None, {"x": np.ascontiguousarray(x, dtype=np.uint8)})
         return y, counts
+
+
+def _session_outputs(
+    nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], outputs: list[onnx.ValueInfoProto]
+) -> ort.InferenceSession:
+    x = helper.make_tensor_value_info("x", TensorProto.UINT8, None)
+    g = helper.make_graph(nodes, "layer", [x], outputs, inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])

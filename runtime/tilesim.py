@@ -95,10 +95,51 @@ def _im2col(s: np.ndarray, n: Node, kh: int, kw: int) -> tuple[np.ndarray, int, 
     return cols, oh, ow
 
 
+@dataclass(frozen=True)
+class NonIdeal:
+    """Device and circuit non-idealities, off by default, seeded.
+
+    * ``adc_bits``: each array's column sums (per row block) are clipped to
+      ±(2^(adc_bits−1) − 1) before the digital adder;
+    * ``variation``: every cell's conductance deviates by a factor 1 + σ·N(0, 1) (drawn once
+      per cell: programming variation);
+    * ``stuck_at``: this fraction of cells is stuck at a random state (+1 or −1).
+    """
+
+    adc_bits: int | None = None
+    variation: float = 0.0
+    stuck_at: float = 0.0
+    seed: int = 0
+
+    @property
+    def ideal(self) -> bool:
+        """True when nothing is perturbed (the simulator is then bit-exact)."""
+        return self.adc_bits is None and self.variation == 0.0 and self.stuck_at == 0.0
+
+    def weights(self, w: np.ndarray, layer_index: int) -> np.ndarray:
+        """The weights the cells actually hold (int8 ±1, or float32 with variation)."""
+        rng = np.random.default_rng([self.seed, layer_index])
+        out = w.copy()
+        if self.stuck_at > 0:
+            stuck = rng.random(w.shape) < self.stuck_at
+            out[stuck] = rng.choice(np.array([-1, 1], np.int8), size=int(stuck.sum()))
+        if self.variation > 0:
+            return (out * (1.0 + self.variation * rng.standard_normal(w.shape))).astype(np.float32)
+        return out
+
+    @property
+    def clip(self) -> int | None:
+        """The ADC's largest magnitude, or None (ideal)."""
+        return None if self.adc_bits is None else 2 ** (self.adc_bits - 1) - 1
+
+
 class TileSimulator:
     """Runs an artifact's tile program (see the module docstring)."""
 
-    def __init__(self, art: Artifact, path: str, hw: HwConfig | None = None) -> None:
+    def __init__(
+        self, art: Artifact, path: str, hw: HwConfig | None = None, nonideal: NonIdeal | None = None
+    ) -> None:
+        self.nonideal = nonideal or NonIdeal()
         self.g: Graph = art.graph
         self.program: Program = load_program(path, art.extra)
         self.hw = hw or load_hw(self.program.hw)
@@ -143,7 +184,9 @@ class TileSimulator:
 
     def _row_block_kernels(self, layer: str) -> BlockedSpikeMatMul:
         """The layer's row blocks (their column blocks side by side) in one session."""
-        return BlockedSpikeMatMul(self.weights[layer], self._row_bounds(layer))
+        index = sorted(self.weights, key=lambda k: int(k) if k.isdigit() else 0).index(layer)
+        w = self.nonideal.weights(self.weights[layer], index)
+        return BlockedSpikeMatMul(w, self._row_bounds(layer), self.nonideal.clip)
 
     def run(self, x: np.ndarray, T: int, counters: Counters) -> SnnTrace:
         """Simulate T timesteps on images ``x``; adds the events to ``counters``."""

@@ -14,7 +14,7 @@ from bsnnc.compiler.cli import main
 from bsnnc.runtime.artifact import read_artifact
 from bsnnc.runtime.datasets import Images, load_images
 from bsnnc.runtime.simulate import metrics, run_chunks
-from bsnnc.runtime.tilesim import Counters, TileSimulator, cycles
+from bsnnc.runtime.tilesim import Counters, NonIdeal, TileSimulator, cycles
 
 
 def compile_to(tmp_path: Path, args: list[str]) -> Path:
@@ -124,3 +124,83 @@ def test_simulate_backend_rram_json(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert key in out, key
     assert out["latency_s"] == pytest.approx(out["cycles"] / 1e9)
     assert out["arrays"] == out["arrays_bound_per_layer"] == 10
+
+
+def _run(path: Path, images: Images, T: int, ni: NonIdeal) -> dict:  # type: ignore[type-arg]
+    art = read_artifact(path)
+    sim = TileSimulator(art, str(path), nonideal=ni)
+    c = Counters.zeros(T)
+    return metrics(
+        art.graph,
+        images,
+        run_chunks(art.graph, images, T, 64, None, runner=lambda x, t: sim.run(x, t, c)),
+        T,
+        None,
+    )
+
+
+def test_non_idealities_are_seeded_and_hurt_in_proportion(tmp_path: Path) -> None:
+    path = compile_to(tmp_path, ["digits"])
+    images = load_images("digits", limit=120)
+    T = 32
+    ideal = _run(path, images, T, NonIdeal())
+    assert NonIdeal().ideal and not NonIdeal(stuck_at=0.1).ideal
+    a = _run(path, images, T, NonIdeal(stuck_at=0.05, seed=3))
+    b = _run(path, images, T, NonIdeal(stuck_at=0.05, seed=3))
+    other = _run(path, images, T, NonIdeal(stuck_at=0.05, seed=4))
+    assert a["spike_digest"] == b["spike_digest"] != ideal["spike_digest"]
+    assert other["spike_digest"] != a["spike_digest"]
+    # a 1-bit ADC reads every column sum as 0: no current reaches the binary layers' neurons
+    dead = _run(path, images, T, NonIdeal(adc_bits=1))
+    assert all(v == 0 for k, v in dead["spike_rates"].items() if not k.startswith("%1 "))
+    assert dead["final_accuracy"] < 0.3 < ideal["final_accuracy"]
+    half = _run(path, images, T, NonIdeal(stuck_at=0.5, seed=0))
+    assert half["final_accuracy"] < ideal["final_accuracy"] - 0.2
+    mild = _run(path, images, T, NonIdeal(variation=0.02, seed=0))
+    assert abs(mild["final_accuracy"] - ideal["final_accuracy"]) <= 0.05
+
+
+def test_non_ideal_flags_need_the_rram_backend(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = compile_to(tmp_path, ["digits"])
+    capsys.readouterr()
+    assert main(["simulate", str(path), "--limit", "4", "-T", "2", "--stuck-at", "0.1"]) == 2
+    assert "need --backend rram" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "simulate",
+                str(path),
+                "--limit",
+                "4",
+                "-T",
+                "2",
+                "--backend",
+                "rram",
+                "--stuck-at",
+                "1.5",
+            ]
+        )
+        == 2
+    )
+    assert (
+        main(
+            [
+                "simulate",
+                str(path),
+                "--limit",
+                "8",
+                "-T",
+                "4",
+                "--backend",
+                "rram",
+                "--adc-bits",
+                "4",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert out["nonideal"] == {"adc_bits": 4, "variation": 0.0, "stuck_at": 0.0, "seed": 0}
