@@ -121,7 +121,7 @@ def mapping_table(m: dict[str, Any]) -> Table:
         title=f"crossbar mapping on {m['hw']} ({hw['rows']}×{hw['columns']} arrays)",
         title_justify="left",
     )
-    for col in ("layer", "kind", "matrix K×N", "blocks", "arrays", "bound"):
+    for col in ("layer", "kind", "matrix K×N", "blocks", "copies", "arrays", "bound"):
         t.add_column(col, justify="left" if col in ("layer", "kind") else "right")
     for lm in m["layers"]:
         blocks = f"{lm['row_blocks']}×{lm['col_blocks']}" if lm["kind"] != "digital" else "—"
@@ -130,6 +130,7 @@ def mapping_table(m: dict[str, Any]) -> Table:
             lm["kind"],
             f"{lm['K']}×{lm['N']}",
             blocks,
+            str(lm.get("copies", 1)),
             str(len(lm["arrays"])),
             str(lm["bound"]),
         )
@@ -137,6 +138,7 @@ def mapping_table(m: dict[str, Any]) -> Table:
     t.add_row(
         "total",
         "packed" if m["packed"] else "",
+        "",
         "",
         "",
         str(m["arrays"]),

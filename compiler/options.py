@@ -77,6 +77,14 @@ def add_hardware_options(p: Any) -> None:
         help="pack partly filled blocks of different layers into shared arrays",
     )
     hw.add_argument(
+        "--duplicate",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="spend up to F× the arrays on copies of the bottleneck layers to balance the "
+        "pipeline (default: 1, no copies)",
+    )
+    hw.add_argument(
         "--fp-layers",
         choices=("digital", "bitsliced"),
         default="digital",
@@ -121,4 +129,5 @@ def pass_options(args: argparse.Namespace, g: Graph) -> PassOptions:
         hw=getattr(args, "hw", DEFAULT),
         pack=getattr(args, "pack", False),
         fp_layers=getattr(args, "fp_layers", "digital"),
+        duplicate=getattr(args, "duplicate", 1.0),
     )

@@ -149,6 +149,7 @@ class TileSimulator:
             raise ArtifactError(f"{path}: member program.npz is missing") from None
         self.nodes = self.g.node_map()
         self.blocks: dict[str, list[tuple[int, int, int, int, int]]] = {}
+        self.copies: dict[str, int] = {}
         self.thresholds: dict[str, tuple[np.ndarray | float, str]] = {}
         for s in self.program.decls:
             self._declare(s)
@@ -160,7 +161,9 @@ class TileSimulator:
         if s.op == "block":
             r0, r1 = (int(x) for x in str(a[3]).split(":"))
             c0, c1 = (int(x) for x in str(a[5]).split(":"))
+            copy = int(a[9]) if len(a) > 9 else 0  # type: ignore[arg-type]
             self.blocks.setdefault(str(a[0])[1:], []).append((int(str(a[1])[1:]), r0, r1, c0, c1))
+            self.copies[str(a[0])[1:]] = max(self.copies.get(str(a[0])[1:], 1), copy + 1)
         elif s.op == "neuron":
             raw = a[2]
             theta: np.ndarray | float
@@ -261,8 +264,11 @@ class TileSimulator:
         else:
             cols, oh, ow = flat.reshape(T * b, -1), 1, 1
         total, driven = self.kernels[n.result](cols)
+        stage = np.zeros(T, np.int64)
         for j, (r0, r1) in enumerate(self._row_bounds(n.result)):
-            self._count_mvm(n.result, driven[:, j], r0, r1, T, b, oh * ow, c)
+            busy = self._count_mvm(n.result, driven[:, j], r0, r1, T, b, oh * ow, c)
+            stage = np.maximum(stage, busy)  # arrays of different row blocks work in parallel
+        c.add_layer_cycles(n.result, stage)
         y4 = total.astype(np.float32).reshape(T * b, oh, ow, -1)
         y = y4.transpose(0, 3, 1, 2) if n.op == "conv2d" else y4.reshape(T * b, -1)
         return Value(np.ascontiguousarray(y).reshape(T, b, *y.shape[1:]), False)
@@ -277,7 +283,10 @@ class TileSimulator:
         b: int,
         positions: int,
         c: Counters,
-    ) -> None:
+    ) -> np.ndarray:
+        """Count one row block's events; returns its arrays' busy cycles per step (summed over
+        images). Positions are shared round-robin by the layer's copies, which run in
+        parallel, so the busiest copy sets the time."""
         driven = driven_rows.reshape(T, b * positions)
         issued = (driven > 0).sum(axis=1)
         # a spike drives its row in every array of the row block (one per column block)
@@ -287,12 +296,17 @@ class TileSimulator:
         c.reads_issued += issued * self._blocks_in_rows(layer, r0, r1)
         c.reads_skipped += (b * positions - issued) * self._blocks_in_rows(layer, r0, r1)
         width = sum(c1 - c0 for _, br0, br1, c0, c1 in self.blocks[layer] if (br0, br1) == (r0, r1))
+        width //= self.copies.get(layer, 1)
         c.conversions += issued * width
-        per_image = (driven > 0).reshape(T, b, positions).sum(axis=2)  # reads per image and step
-        c.add_layer_cycles(layer, per_image.sum(axis=1) * (self.hw.columns_per_adc + 1))
+        reads = (driven > 0).reshape(T, b, positions)
+        copies = self.copies.get(layer, 1)
+        busiest = np.max([reads[:, :, k::copies].sum(axis=(1, 2)) for k in range(copies)], axis=0)
+        return np.asarray(busiest * (self.hw.columns_per_adc + 1), dtype=np.int64)
 
     def _blocks_in_rows(self, layer: str, r0: int, r1: int) -> int:
-        return sum(1 for _, br0, br1, _, _ in self.blocks[layer] if (br0, br1) == (r0, r1))
+        """Arrays of one copy that hold this row range (one per column block)."""
+        n = sum(1 for _, br0, br1, _, _ in self.blocks[layer] if (br0, br1) == (r0, r1))
+        return n // self.copies.get(layer, 1)
 
     def _count_add(self, s: Stmt, env: dict[str, Value], c: Counters) -> None:
         """Partial sums of the row blocks, added per output neuron (and timestep)."""

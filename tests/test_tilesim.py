@@ -204,3 +204,33 @@ def test_non_ideal_flags_need_the_rram_backend(
     )
     out = json.loads(capsys.readouterr().out)
     assert out["nonideal"] == {"adc_bits": 4, "variation": 0.0, "stuck_at": 0.0, "seed": 0}
+
+
+def test_duplication_cuts_cycles_not_spikes(tmp_path: Path) -> None:
+    images = load_images("digits", limit=40)
+    plain = _rram(compile_to(tmp_path, ["digits"]), images)
+    dup_path = tmp_path / "dup.tiles"
+    assert main(["compile", "digits", "-o", str(dup_path), "--duplicate", "2"]) == 0
+    dup = _rram(dup_path, images)
+    assert dup["spike_digest"] == plain["spike_digest"]
+    assert dup["reads_issued"] == plain["reads_issued"]
+    assert dup["arrays"] > plain["arrays"]
+    assert dup["cycles"] < plain["cycles"]
+    assert main(["compile", "digits", "-o", str(tmp_path / "x.tiles"), "--duplicate", "0.5"]) == 2
+
+
+def _rram(path: Path, images: Images) -> dict:  # type: ignore[type-arg]
+    art = read_artifact(path)
+    sim = TileSimulator(art, str(path))
+    c = Counters.zeros(16)
+    m = metrics(
+        art.graph,
+        images,
+        run_chunks(art.graph, images, 16, 64, None, runner=lambda x, t: sim.run(x, t, c)),
+        16,
+        None,
+    )
+    m.update(cycles(c, len(images)))
+    m["reads_issued"] = int(c.reads_issued.sum())
+    m["arrays"] = len([s for s in sim.program.decls if s.op == "array"])
+    return m

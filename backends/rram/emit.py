@@ -64,6 +64,7 @@ class _Emitter:
         self.arrays: dict[str, np.ndarray] = {}
         self.layer_of = {lm.node: lm for lm in m.layers}
         self.tile = {b.array: b.array // m.hw.arrays_per_tile for b in m.blocks}
+        self.copies = {lm.node: lm.copies for lm in m.layers}
 
     def declarations(self) -> None:
         for n in self.g.inputs():
@@ -85,7 +86,10 @@ class _Emitter:
                 word("cols"),
                 _r(b.c0, b.c1),
             ]
-            self.p.decls.append(Stmt("block", [*args, word("at"), _r(b.row_offset, b.col_offset)]))
+            copy: list[Any] = [word("copy"), b.copy] if self.copies.get(b.layer, 1) > 1 else []
+            self.p.decls.append(
+                Stmt("block", [*args, word("at"), _r(b.row_offset, b.col_offset), *copy])
+            )
 
     def neuron(self, n: Node) -> None:
         channels = int(n.type.shape[1] or 1)
@@ -184,7 +188,10 @@ def check_program(p: Program, source: str = "<program>") -> None:
         return BsnncError(f"{source}:{at}{s.op}: {msg}")
 
     for s in p.decls:
-        if s.op in _SHAPES and len(s.args) != _SHAPES[s.op]:
+        if s.op in _SHAPES and len(s.args) not in (
+            _SHAPES[s.op],
+            _SHAPES[s.op] + 2 * (s.op == "block"),
+        ):
             raise fail(s, f"expects {_SHAPES[s.op]} arguments, got {len(s.args)}")
         if s.op == "input":
             defined.add(str(s.args[0]))

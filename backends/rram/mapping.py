@@ -45,6 +45,7 @@ class Block:
     array: int = -1
     row_offset: int = 0
     col_offset: int = 0
+    copy: int = 0  # which duplicate of the layer (see ``duplicate``)
 
     @property
     def height(self) -> int:
@@ -71,6 +72,8 @@ class LayerMap:
     col_blocks: int
     bound: int  # ⌈ρK/R⌉·⌈N/C⌉ (0 for digital layers)
     arrays: list[int] = field(default_factory=list)
+    positions: int = 1  # output positions per image and timestep (oH·oW; 1 for dense)
+    copies: int = 1  # duplicates that share the positions (pipeline balancing)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -173,6 +176,23 @@ def pack(blocks: list[Block], hw: HwConfig, enabled: bool) -> int:
     return n_arrays
 
 
+def duplicate(layers: list[LayerMap], budget: int) -> None:
+    """Give layers extra copies while the total stays within ``budget`` arrays.
+
+    A layer's arrays serve ``positions`` MVMs per image and timestep, shared round-robin by
+    its copies, so its stage time in the pipeline is ∝ positions / copies. Greedily, the
+    current bottleneck gets one more copy as long as it fits; when it no longer fits, the
+    bottleneck (hence the pipeline's throughput) cannot improve and duplication stops."""
+    onchip = [lm for lm in layers if lm.kind != "digital" and lm.bound > 0]
+    total = sum(lm.bound for lm in onchip)
+    while onchip:
+        worst = max(onchip, key=lambda lm: (lm.positions / lm.copies, -lm.bound))
+        if total + worst.bound > budget:
+            return
+        worst.copies += 1
+        total += worst.bound
+
+
 def partition(
     g: Graph,
     hw: HwConfig,
@@ -180,16 +200,30 @@ def partition(
     pack_layers: bool = False,
     fp_layers: str = "digital",
     rho: int | None = None,
+    duplicate_factor: float = 1.0,
 ) -> Mapping:
-    """Map every conv2d/dense of ``g`` onto arrays of ``hw``."""
+    """Map every conv2d/dense of ``g`` onto arrays of ``hw``; with ``duplicate_factor`` > 1,
+    up to that many times the unduplicated arrays may be spent on copies of the bottleneck
+    layers (:func:`duplicate`)."""
     rho = hw.rows_per_input if rho is None else rho
     layers: list[LayerMap] = []
-    blocks: list[Block] = []
+    per_layer: list[list[Block]] = []
     for n in g.nodes:
         if n.op in ("conv2d", "dense"):
             lm, bl = layer_map(g, n, hw, fp_layers, rho)
+            lm.positions = (
+                int(np.prod([int(d or 1) for d in n.type.shape[2:]])) if n.op == "conv2d" else 1
+            )
             layers.append(lm)
-            blocks += bl
+            per_layer.append(bl)
+    if duplicate_factor > 1:
+        duplicate(layers, int(duplicate_factor * sum(lm.bound for lm in layers)))
+    blocks = [
+        Block(b.layer, b.r0, b.r1, b.c0, b.c1, copy=k)
+        for lm, bl in zip(layers, per_layer, strict=True)
+        for k in range(lm.copies)
+        for b in bl
+    ]
     n_arrays = pack(blocks, hw, pack_layers)
     by_layer: dict[str, list[int]] = {}
     for b in blocks:

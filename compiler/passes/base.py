@@ -43,6 +43,8 @@ class PassOptions:
     pack: bool = False
     #: full-precision layers: ``digital`` (no arrays) or ``bitsliced`` (8-bit weight slices).
     fp_layers: str = "digital"
+    #: up to this many times the unduplicated arrays may hold copies of bottleneck layers.
+    duplicate: float = 1.0
 
 
 @dataclass

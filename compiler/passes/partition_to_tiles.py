@@ -21,6 +21,7 @@ from bsnnc.backends.rram.mapping import partition
 from bsnnc.backends.rram.placement import place
 from bsnnc.backends.rram.program import print_program
 from bsnnc.compiler.passes.base import Pass, PassContext
+from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Graph
 from bsnnc.ir.verifier import verify_spiking
 
@@ -30,7 +31,11 @@ def partition_to_tiles(g: Graph, ctx: PassContext) -> Graph:
     verify_spiking(g)
     opts = ctx.options
     hw = load_hw(opts.hw)
-    m = partition(g, hw, pack_layers=opts.pack, fp_layers=opts.fp_layers)
+    if opts.duplicate < 1:
+        raise BsnncError(f"--duplicate must be at least 1, got {opts.duplicate}")
+    m = partition(
+        g, hw, pack_layers=opts.pack, fp_layers=opts.fp_layers, duplicate_factor=opts.duplicate
+    )
     bnn = partition(g, hw, pack_layers=opts.pack, fp_layers=opts.fp_layers, rho=2)
     summary = m.summary()
     summary["bnn_arrays"] = bnn.n_arrays
