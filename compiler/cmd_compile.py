@@ -68,6 +68,11 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--dump-ir", action="store_true", help="print the final IR text to stdout")
     p.add_argument(
+        "--dump-program",
+        action="store_true",
+        help="print the RRAM tile program (the tiled form) to stdout",
+    )
+    p.add_argument(
         "--dump-ir-after",
         metavar="PASS|all",
         help="print the IR after PASS (or after every stage) to stderr",
@@ -98,8 +103,8 @@ def _dumper(args: argparse.Namespace, stages: list[str]) -> DumpFn:
 
 def run(args: argparse.Namespace) -> int:
     """Compile; returns the exit code."""
-    if args.json and args.dump_ir:
-        raise BsnncError("--json and --dump-ir both write to stdout; choose one")
+    if sum([args.json, args.dump_ir, args.dump_program]) > 1:
+        raise BsnncError("--json, --dump-ir and --dump-program all write to stdout; choose one")
     model = resolve_model(args.model)
     names = args.passes if args.passes is not None else PIPELINES[args.pipeline]
     passes = resolve(names, REGISTRY)
@@ -111,7 +116,10 @@ def run(args: argparse.Namespace) -> int:
     pm = PassManager(passes, dump, ctx)
     graph = pm.run(graph)
     name_calibrated_layers(ctx.facts, graph)
-    out = args.output or (None if args.dump_ir else Path(model.stem + ".tiles"))
+    if args.dump_program and "program" not in ctx.facts:
+        raise BsnncError("--dump-program needs the partition-to-tiles pass (the default pipeline)")
+    printing = args.dump_ir or args.dump_program
+    out = args.output or (None if printing else Path(model.stem + ".tiles"))
     if out is not None:
         with err.status(f"writing {out}"):
             write_artifact(out, _artifact(graph, model, names, args, ctx))
@@ -162,6 +170,8 @@ def _report(args: argparse.Namespace, g: Graph, out: Path | None, pm: PassManage
     rows, timings = layer_table(g), pm.timings
     if args.dump_ir:
         sys.stdout.write(print_graph(g))
+    if args.dump_program:
+        sys.stdout.write(pm.ctx.facts["program"][0])
     if args.json:
         emit_json(
             {
@@ -176,7 +186,7 @@ def _report(args: argparse.Namespace, g: Graph, out: Path | None, pm: PassManage
             }
         )
         return 0
-    if not args.dump_ir:
+    if not (args.dump_ir or args.dump_program):
         err.print(layers_table(rows, f"@{g.name}: {len(rows)} weighted layers"))
         if "mapping" in pm.ctx.facts:
             err.print(mapping_table(pm.ctx.facts["mapping"]))

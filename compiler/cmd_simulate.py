@@ -13,6 +13,12 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from bsnnc.backends.rram.energy import (
+    DEFAULT_ENERGY,
+    ENERGY_SETS,
+    energy_report,
+    load_energy,
+)
 from bsnnc.compiler.console import emit_json, err, positive_int, size_arg
 from bsnnc.compiler.options import check_images
 from bsnnc.ir.errors import BsnncError
@@ -89,6 +95,13 @@ def add_parser(sub: Any) -> None:
         "--seed", type=int, default=0, help="seed of the non-idealities (default: %(default)s)"
     )
     p.add_argument(
+        "--energy",
+        default=DEFAULT_ENERGY,
+        metavar="SET|FILE",
+        help=f"per-event energy table for --backend rram: {', '.join(ENERGY_SETS)} or a JSON "
+        "file (default: %(default)s)",
+    )
+    p.add_argument(
         "--data-dir", help="directory of cifar/imagenet data (default: $BSNNC_DATA or ./data)"
     )
     p.add_argument("--no-ann", action="store_true", help="skip the ANN accuracy")
@@ -163,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         }
     )
     if sim is not None:
-        out.update(rram_report(sim, counters, len(images), art.extra))
+        out.update(rram_report(sim, counters, len(images), art.extra, load_energy(args.energy)))
     if args.plot is not None:
         plot_curve(args.plot, out)
     if args.json:
@@ -183,7 +196,7 @@ def _nonideal(args: argparse.Namespace) -> NonIdeal:
 
 
 def rram_report(
-    sim: TileSimulator, c: Counters, images: int, extra: dict[str, bytes]
+    sim: TileSimulator, c: Counters, images: int, extra: dict[str, bytes], energy: dict[str, Any]
 ) -> dict[str, Any]:
     """The tile simulator's numbers: events per inference (averaged over images, whole window),
     cycles of the pipeline model, and the mapping's arrays, bounds and utilization."""
@@ -198,14 +211,17 @@ def rram_report(
             "neuron_updates",
             "spike_packets",
             "packet_hops",
+            "cell_reads",
         )
     }
     cyc = cycles(c, images)
     mapping = json.loads(extra["mapping.json"]) if "mapping.json" in extra else {}
     keep = ("arrays", "arrays_bound_per_layer", "arrays_bound_global", "utilization", "bnn_arrays")
+    bits = sim.nonideal.adc_bits or sim.hw.adc_bits
     return {
         **per,
         **cyc,
+        **energy_report(per, energy, bits),
         "latency_s": cyc["cycles"] / sim.hw.clock_hz,
         "hw": sim.hw.name,
         "nonideal": dataclasses.asdict(sim.nonideal),
@@ -286,6 +302,15 @@ def _print(out: dict[str, Any]) -> None:
         issued, skipped = out["reads_issued"], out["reads_skipped"]
         t.add_row("array reads issued / skipped", f"{issued:,.0f} / {skipped:,.0f}")
         t.add_row("ADC conversions / inference", f"{out['conversions']:,.0f}")
+        e = out["energy_pj"]
+        parts = ", ".join(f"{k} {v / 1e3:,.1f}" for k, v in e.items() if k != "total")
+        missing = (
+            f"; not in this set: {', '.join(out['energy_missing'])}"
+            if out["energy_missing"]
+            else ""
+        )
+        t.add_row(f"energy / inference ({out['energy_set']})", f"{e['total'] / 1e6:,.3f} µJ")
+        t.add_row("  by component (nJ)", parts + missing)
         mean_hops = out["packet_hops"] / max(out["spike_packets"], 1)
         t.add_row("spike packets × mean hops", f"{out['spike_packets']:,.0f} × {mean_hops:.2f}")
     err.print(t)

@@ -54,6 +54,7 @@ class Counters:
     neuron_updates: np.ndarray
     spike_packets: np.ndarray
     packet_hops: np.ndarray
+    cell_reads: np.ndarray
     #: per layer: [T] cycles of its busiest array, summed over images
     layer_cycles: dict[str, np.ndarray] = field(default_factory=dict)
     #: per layer: [T] row activations
@@ -64,7 +65,7 @@ class Counters:
         def z() -> np.ndarray:
             return np.zeros(T, np.int64)
 
-        return Counters(T, z(), z(), z(), z(), z(), z(), z(), z())
+        return Counters(T, z(), z(), z(), z(), z(), z(), z(), z(), z())
 
     def add_layer_cycles(self, layer: str, cycles: np.ndarray) -> None:
         self.layer_cycles[layer] = self.layer_cycles.get(layer, np.zeros(self.T, np.int64)) + cycles
@@ -298,6 +299,7 @@ class TileSimulator:
         width = sum(c1 - c0 for _, br0, br1, c0, c1 in self.blocks[layer] if (br0, br1) == (r0, r1))
         width //= self.copies.get(layer, 1)
         c.conversions += issued * width
+        c.cell_reads += driven.sum(axis=1) * width  # every cell on a driven row, in its block
         reads = (driven > 0).reshape(T, b, positions)
         copies = self.copies.get(layer, 1)
         busiest = np.max([reads[:, :, k::copies].sum(axis=(1, 2)) for k in range(copies)], axis=0)

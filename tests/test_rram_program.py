@@ -132,3 +132,18 @@ def test_parse_errors_are_typed() -> None:
     )
     with pytest.raises(BsnncError, match=r"p:3:5: fire: %0 is used before it is defined"):
         check_program(p, "p")
+
+
+def test_compile_dump_program_equals_the_artifact_member(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "d.tiles"
+    assert main(["compile", "digits", "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["compile", "digits", "--dump-program"]) == 0
+    printed = capsys.readouterr().out
+    with zipfile.ZipFile(out) as z:
+        assert printed == z.read("program.txt").decode()
+    assert main(["compile", "digits", "--dump-program", "--dump-ir"]) == 2
+    assert main(["compile", "digits", "--pipeline", "cleanup", "--dump-program"]) == 2
+    assert "needs the partition-to-tiles pass" in capsys.readouterr().err

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from zoo import ZOO
 
+from bsnnc.backends.rram.energy import ENERGY_SETS, EVENTS, load_energy
 from bsnnc.compiler.cli import main
+from bsnnc.ir.errors import BsnncError
 from bsnnc.runtime.artifact import read_artifact
 from bsnnc.runtime.datasets import Images, load_images
 from bsnnc.runtime.simulate import metrics, run_chunks
@@ -234,3 +236,49 @@ def _rram(path: Path, images: Images) -> dict:  # type: ignore[type-arg]
     m["reads_issued"] = int(c.reads_issued.sum())
     m["arrays"] = len([s for s in sim.program.decls if s.op == "array"])
     return m
+
+
+def test_energy_is_counts_times_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = compile_to(tmp_path, ["digits"])
+    capsys.readouterr()
+    assert (
+        main(["simulate", str(path), "--limit", "20", "-T", "16", "--backend", "rram", "--json"])
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    table = load_energy("isaac-32nm")
+    ev = {k: v["value"] for k, v in table["events"].items()}
+    expect = {
+        "row_drive": ev["row_drive_pj"] * out["row_activations"],
+        "adc": ev["adc_conversion_pj"]["5"] * out["conversions"],  # rram-128: 5-bit ADC
+        "accumulate": ev["accumulate_pj"] * (out["conversions"] + out["neuron_updates"]),
+        "noc": ev["packet_hop_pj_per_bit"] * table["packet_bits"] * out["packet_hops"],
+    }
+    for k, v in expect.items():
+        assert out["energy_pj"][k] == pytest.approx(v)
+    assert out["energy_pj"]["total"] == pytest.approx(sum(expect.values()))
+    assert out["energy_missing"] == ["cell_read"] and out["energy_set"] == "isaac-32nm"
+    assert out["cell_reads"] >= out["row_activations"] > 0
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"events": {}}, "must give exactly"),
+        ({"events": {k: {"value": 1.0} for k in EVENTS}}, "needs a 'value' and a 'source'"),
+    ],
+)
+def test_energy_table_errors(table: dict, message: str, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    p = tmp_path / "e.json"
+    p.write_text(json.dumps(table))
+    with pytest.raises(BsnncError, match=message):
+        load_energy(str(p))
+    with pytest.raises(BsnncError, match="isaac-32nm, neurram-130nm"):
+        load_energy("nope")
+
+
+def test_energy_sets_cite_every_event() -> None:
+    for name in ENERGY_SETS:
+        table = load_energy(name)
+        assert table["source"]
+        assert all(entry["source"] for entry in table["events"].values())

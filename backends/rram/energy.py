@@ -1,0 +1,98 @@
+"""Energy per inference from the tile simulator's event counts and a per-event energy table.
+
+A table is data — one JSON file per published source (``energy/*.json``; the shipped sets are
+``isaac-32nm`` and ``neurram-130nm``), each event with its value and where it comes from. The
+events and the counts they multiply:
+
+* ``row_drive_pj`` × row activations (a spiking input drives its word line);
+* ``cell_read_pj`` × row activations × the block's columns (cells on driven rows);
+* ``adc_conversion_pj`` (per resolution, or one value) × sense/ADC conversions;
+* ``accumulate_pj`` × (conversions added into partial sums + neuron membrane updates);
+* ``packet_hop_pj_per_bit`` × packet bits × spike packets × hops.
+
+An event a source does not give is ``null``: it is left out of the total and listed under
+``energy_missing`` — never filled in with a guess.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from bsnnc.ir.errors import BsnncError
+
+ENERGY_SETS = ("isaac-32nm", "neurram-130nm")
+DEFAULT_ENERGY = "isaac-32nm"
+EVENTS = (
+    "row_drive_pj",
+    "cell_read_pj",
+    "adc_conversion_pj",
+    "accumulate_pj",
+    "packet_hop_pj_per_bit",
+)
+
+
+def load_energy(spec: str = DEFAULT_ENERGY) -> dict[str, Any]:
+    """A shipped set's name or a JSON file → the table (checked)."""
+    if spec in ENERGY_SETS:
+        text = (
+            resources.files("bsnnc.backends.rram")
+            .joinpath("energy", f"{spec}.json")
+            .read_text("utf-8")
+        )
+        where = f"energy set {spec}"
+    else:
+        p = Path(spec)
+        if not p.is_file():
+            raise BsnncError(
+                f"--energy {spec}: no such file or set (sets: {', '.join(ENERGY_SETS)})"
+            )
+        text, where = p.read_text(encoding="utf-8"), str(p)
+    try:
+        table: dict[str, Any] = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BsnncError(f"{where}: not valid JSON ({e})") from None
+    events = table.get("events") if isinstance(table, dict) else None
+    if not isinstance(events, dict) or set(events) != set(EVENTS):
+        raise BsnncError(
+            f"{where}: 'events' must give exactly {', '.join(EVENTS)} (null when unknown)"
+        )
+    for key, entry in events.items():
+        if not isinstance(entry, dict) or "value" not in entry or not entry.get("source"):
+            raise BsnncError(f"{where}: event {key} needs a 'value' and a 'source'")
+    return table
+
+
+def _adc(value: Any, bits: int) -> float | None:
+    if value is None or isinstance(value, int | float):
+        return value
+    if str(bits) in value:
+        return float(value[str(bits)])
+    higher = sorted(int(b) for b in value if int(b) >= bits)
+    return float(value[str(higher[0])]) if higher else None
+
+
+def energy_report(counts: dict[str, float], table: dict[str, Any], adc_bits: int) -> dict[str, Any]:
+    """Energy per inference (pJ) by component, from per-inference event counts."""
+    ev = {k: table["events"][k]["value"] for k in EVENTS}
+    adc = _adc(ev["adc_conversion_pj"], adc_bits)
+    bits = int(table.get("packet_bits", 16))
+    parts = {
+        "row_drive": (ev["row_drive_pj"], counts["row_activations"]),
+        "cell_read": (ev["cell_read_pj"], counts["cell_reads"]),
+        "adc": (adc, counts["conversions"]),
+        "accumulate": (ev["accumulate_pj"], counts["conversions"] + counts["neuron_updates"]),
+        "noc": (
+            None if ev["packet_hop_pj_per_bit"] is None else ev["packet_hop_pj_per_bit"] * bits,
+            counts["packet_hops"],
+        ),
+    }
+    energy = {k: float(e * n) for k, (e, n) in parts.items() if e is not None}
+    return {
+        "energy_pj": {"total": sum(energy.values()), **energy},
+        "energy_set": table.get("name", "custom"),
+        "energy_missing": sorted(k for k, (e, _) in parts.items() if e is None),
+        "energy_source": table.get("source", ""),
+    }
