@@ -96,10 +96,9 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--energy",
-        default=DEFAULT_ENERGY,
         metavar="SET|FILE",
         help=f"per-event energy table for --backend rram: {', '.join(ENERGY_SETS)} or a JSON "
-        "file (default: %(default)s)",
+        f"file (default: the hardware configuration's, {DEFAULT_ENERGY} in the presets)",
     )
     p.add_argument(
         "--data-dir", help="directory of cifar/imagenet data (default: $BSNNC_DATA or ./data)"
@@ -176,7 +175,11 @@ def run(args: argparse.Namespace) -> int:
         }
     )
     if sim is not None:
-        out.update(rram_report(sim, counters, len(images), art.extra, load_energy(args.energy)))
+        out.update(
+            rram_report(
+                sim, counters, len(images), art.extra, load_energy(args.energy or sim.hw.energy)
+            )
+        )
     if args.plot is not None:
         plot_curve(args.plot, out)
     if args.json:

@@ -23,6 +23,7 @@ over timesteps, bounded below by Σ_t max_l and above by Σ_t Σ_l of the per-la
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,6 +135,18 @@ class NonIdeal:
         return None if self.adc_bits is None else 2 ** (self.adc_bits - 1) - 1
 
 
+def _artifact_hw(art: Artifact) -> HwConfig | None:
+    """The hardware configuration recorded at compile time (mapping.json), if any — so an
+    artifact compiled with a custom ``--hw FILE`` simulates without that file."""
+    if "mapping.json" not in art.extra:
+        return None
+    try:
+        cfg = json.loads(art.extra["mapping.json"])["hw_config"]
+        return HwConfig(**cfg)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 class TileSimulator:
     """Runs an artifact's tile program (see the module docstring)."""
 
@@ -143,7 +156,7 @@ class TileSimulator:
         self.nonideal = nonideal or NonIdeal()
         self.g: Graph = art.graph
         self.program: Program = load_program(path, art.extra)
-        self.hw = hw or load_hw(self.program.hw)
+        self.hw = hw or _artifact_hw(art) or load_hw(self.program.hw)
         try:
             self.arrays = read_npz(io.BytesIO(art.extra["program.npz"]))
         except KeyError:

@@ -282,3 +282,23 @@ def test_energy_sets_cite_every_event() -> None:
         table = load_energy(name)
         assert table["source"]
         assert all(entry["source"] for entry in table["events"].values())
+
+
+def test_custom_hw_travels_in_the_artifact(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hw = tmp_path / "small.toml"
+    hw.write_text(
+        'rows = 64\ncolumns = 64\nmax_rows_driven = 64\nadc_bits = 6\nenergy = "neurram-130nm"\n'
+    )
+    path = compile_to(tmp_path, ["digits", "--hw", str(hw)])
+    hw.unlink()  # the artifact must not need the file any more
+    capsys.readouterr()
+    assert (
+        main(["simulate", str(path), "--backend", "rram", "--limit", "10", "-T", "8", "--json"])
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    # digits' binary layers on 64×64 arrays: conv2 288×64 → 5, conv3 576×64 → 9, fc1 256×128 → 4×2
+    assert out["arrays"] == 5 + 9 + 8 and out["hw"] == "small"
+    assert out["energy_set"] == "neurram-130nm"

@@ -3,7 +3,8 @@
 One JSON (or TOML) file or a shipped preset (``rram-128``, ``rram-256``): array geometry, rows
 per input (1 for a B-SNN's 0/1 spikes, 2 for a BNN's ±1 inputs), reference columns (outside
 the data columns), rows driven at once, columns per ADC and its bits, accumulator bits, clock,
-arrays per tile and NoC latency, plus the published source of each setting (``sources``).
+arrays per tile and NoC latency, the per-event energy table it uses (``energy``, see
+:mod:`bsnnc.backends.rram.energy`), plus the published source of each setting (``sources``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class HwConfig:
     clock_hz: int = 1_000_000_000
     arrays_per_tile: int = 8
     noc_hop_cycles: int = 1
+    #: per-event energy table (a set in backends/rram/energy or a JSON file)
+    energy: str = "isaac-32nm"
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
@@ -68,7 +71,7 @@ def load_hw(spec: str = DEFAULT) -> HwConfig:
         raise BsnncError(f"{where}: unknown setting(s) {', '.join(unknown)}")
     data.setdefault("name", Path(spec).stem)
     for key, value in data.items():
-        if key not in ("name", "sources") and (not isinstance(value, int) or value < 1):
+        if key not in ("name", "sources", "energy") and (not isinstance(value, int) or value < 1):
             raise BsnncError(f"{where}: {key} must be a positive integer, got {value!r}")
     hw = HwConfig(**data)
     if hw.max_rows_driven > hw.rows or hw.rows_per_input > hw.rows:
