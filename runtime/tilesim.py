@@ -135,6 +135,12 @@ class NonIdeal:
         return None if self.adc_bits is None else 2 ** (self.adc_bits - 1) - 1
 
 
+def _as_int(a: object) -> int:
+    """An integer argument (check_program has validated the statement's form)."""
+    assert isinstance(a, int)
+    return a
+
+
 def _artifact_hw(art: Artifact) -> HwConfig | None:
     """The hardware configuration recorded at compile time (mapping.json), if any — so an
     artifact compiled with a custom ``--hw FILE`` simulates without that file."""
@@ -175,7 +181,7 @@ class TileSimulator:
         if s.op == "block":
             r0, r1 = (int(x) for x in str(a[3]).split(":"))
             c0, c1 = (int(x) for x in str(a[5]).split(":"))
-            copy = int(a[9]) if len(a) > 9 else 0  # type: ignore[arg-type]
+            copy = _as_int(a[9]) if len(a) > 9 else 0
             self.blocks.setdefault(str(a[0])[1:], []).append((int(str(a[1])[1:]), r0, r1, c0, c1))
             self.copies[str(a[0])[1:]] = max(self.copies.get(str(a[0])[1:], 1), copy + 1)
         elif s.op == "neuron":
@@ -186,7 +192,7 @@ class TileSimulator:
             else:
                 theta = float(raw)
             if str(a[3]) == "unit":
-                theta = theta * 2.0 ** int(a[4])  # type: ignore[arg-type]
+                theta = theta * 2.0 ** _as_int(a[4])
             self.thresholds[str(a[0])[1:]] = (theta, str(a[-1]))
 
     def _unpack(self, key: str) -> np.ndarray:
@@ -334,7 +340,7 @@ class TileSimulator:
 
     def _count_send(self, s: Stmt, env: dict[str, Value], c: Counters) -> None:
         layer = str(s.args[0])[1:]
-        hops = int(s.args[2])  # type: ignore[arg-type]
+        hops = _as_int(s.args[2])
         spikes = env[layer].data
         per_step = spikes.reshape(spikes.shape[0], -1).sum(axis=1, dtype=np.int64)
         c.spike_packets += per_step

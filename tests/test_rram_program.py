@@ -100,6 +100,8 @@ def _rewrite(src: Path, dst: Path, member: str, data: bytes, fix_checksum: bool)
         (lambda t: t.replace("loop timestep {", "loop timestep"), ":", "syntax error"),
         (lambda t: t.replace(" a2 a3", " a2 a99", 1), ":", "array a99 is not declared"),
         (lambda t: t.replace("  barrier\n", ""), "", "must end with a barrier"),
+        (lambda t: t.replace("hops 1", "hops far", 1), ":", "malformed arguments; expected: send"),
+        (lambda t: t.replace("reset subtract", "reset sometimes", 1), ":", "expected: neuron"),
     ],
 )
 def test_hand_edited_program_errors_name_member_and_place(

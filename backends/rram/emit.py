@@ -175,11 +175,57 @@ def emit_program(g: Graph, m: Mapping) -> tuple[Program, dict[str, np.ndarray]]:
     return e.p, e.arrays
 
 
-_SHAPES: dict[str, int] = {"input": 1, "array": 7, "block": 8}
+_BLOCK = ("value", "array", "=rows", "range", "=cols", "range", "=at", "range")
+#: the argument forms of each statement: per argument a kind (value, array, const, range, int,
+#: num, word), a fixed word (``=tile``) or a choice (``theta``: int, num or const; ``reset``);
+#: a trailing ``+`` repeats the last kind one or more times, ``*`` zero or more.
+_FORMS: dict[str, list[tuple[str, ...]]] = {
+    "input": [("value",)],
+    "array": [("array", "=tile", "int", "=rows", "int", "=cols", "int")],
+    "block": [_BLOCK, (*_BLOCK, "=copy", "int")],
+    "neuron": [
+        ("value", "=theta", "theta", "=unit", "int", "=reset", "reset"),
+        ("value", "=theta", "theta", "=reset", "reset"),
+    ],
+    "fire": [("value", "value")],
+    "readout": [("value", "value")],
+    "mvm": [("value", "value", "array", "+")],
+    "add": [("value", "array", "*")],
+    "send": [("value", "=hops", "int")],
+    "digital": [("value", "word", "value", "+")],
+    "barrier": [()],
+}
+
+
+def _fits(want: str, a: object) -> bool:
+    if isinstance(a, Tok):
+        if want.startswith("="):
+            return a.kind == "word" and a.text == want[1:]
+        if want == "reset":
+            return a.text in ("subtract", "zero")
+        return a.kind == want or (want == "theta" and a.kind == "const")
+    if isinstance(a, bool) or not isinstance(a, int | float):
+        return False
+    return want in ("int", "theta") if isinstance(a, int) else want in ("num", "theta")
+
+
+def _matches(form: tuple[str, ...], args: list[object]) -> bool:
+    """Whether ``args`` follow one form (see ``_FORMS``)."""
+    if form and form[-1] in ("+", "*"):
+        rep, fixed = form[-2], form[:-2]
+        least = len(fixed) + (form[-1] == "+")
+        rest = args[len(fixed) :]
+        return (
+            len(args) >= least
+            and _matches(fixed, args[: len(fixed)])
+            and all(_fits(rep, a) for a in rest)
+        )
+    return len(args) == len(form) and all(_fits(w, a) for w, a in zip(form, args, strict=True))
 
 
 def check_program(p: Program, source: str = "<program>") -> None:
-    """Semantic checks: known arrays in blocks and instructions, values defined before use."""
+    """Semantic checks: every statement's arguments follow its form, arrays are declared,
+    values are defined before use, the loop ends with a barrier."""
     arrays: set[str] = set()
     defined: set[str] = set()
 
@@ -187,12 +233,11 @@ def check_program(p: Program, source: str = "<program>") -> None:
         at = f"{s.pos[0]}:{s.pos[1]}: " if s.pos else ""
         return BsnncError(f"{source}:{at}{s.op}: {msg}")
 
+    for s in [*p.decls, *p.body]:
+        if not any(_matches(f, list(s.args)) for f in _FORMS[s.op]):
+            form = " ".join(w.lstrip("=") for w in _FORMS[s.op][0])
+            raise fail(s, f"malformed arguments; expected: {s.op} {form}")
     for s in p.decls:
-        if s.op in _SHAPES and len(s.args) not in (
-            _SHAPES[s.op],
-            _SHAPES[s.op] + 2 * (s.op == "block"),
-        ):
-            raise fail(s, f"expects {_SHAPES[s.op]} arguments, got {len(s.args)}")
         if s.op == "input":
             defined.add(str(s.args[0]))
         elif s.op == "array":
@@ -210,8 +255,6 @@ def check_program(p: Program, source: str = "<program>") -> None:
                 raise fail(s, f"array {t} is not declared")
         values = [str(t) for t in toks if t.kind == "value"]
         if s.op in ("mvm", "fire", "readout", "digital"):
-            if not values:
-                raise fail(s, "names no result value")
             for v in values[1:]:
                 if v not in defined:
                     raise fail(s, f"{v} is used before it is defined")
