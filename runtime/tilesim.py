@@ -16,7 +16,8 @@ Cycle-approximate counters (per timestep and array): driven rows (event-driven: 
 input spiked), MVM reads issued vs skipped (no input row spiked), sense/ADC conversions (one per
 block column per issued read), partial-sum additions across row blocks, neuron updates and
 spike packets × hops. Cycles per timestep of a layer = the busiest array's issued reads ×
-(columns_per_adc + 1) (row drive, then the multiplexed conversions); the layers form a pipeline
+⌈block rows / max_rows_driven⌉ × (columns_per_adc + 1) (row drive, then the multiplexed
+conversions); the layers form a pipeline
 over timesteps, bounded below by Σ_t max_l and above by Σ_t Σ_l of the per-layer cycles.
 """
 
@@ -322,7 +323,9 @@ class TileSimulator:
         reads = (driven > 0).reshape(T, b, positions)
         copies = self.copies.get(layer, 1)
         busiest = np.max([reads[:, :, k::copies].sum(axis=(1, 2)) for k in range(copies)], axis=0)
-        return np.asarray(busiest * (self.hw.columns_per_adc + 1), dtype=np.int64)
+        # a read drives at most max_rows_driven rows at once: taller blocks take several phases
+        phases = -(-(r1 - r0) // self.hw.max_rows_driven)
+        return np.asarray(busiest * phases * (self.hw.columns_per_adc + 1), dtype=np.int64)
 
     def _blocks_in_rows(self, layer: str, r0: int, r1: int) -> int:
         """Arrays of one copy that hold this row range (one per column block)."""

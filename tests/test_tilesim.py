@@ -302,3 +302,24 @@ def test_custom_hw_travels_in_the_artifact(
     # digits' binary layers on 64×64 arrays: conv2 288×64 → 5, conv3 576×64 → 9, fc1 256×128 → 4×2
     assert out["arrays"] == 5 + 9 + 8 and out["hw"] == "small"
     assert out["energy_set"] == "neurram-130nm"
+
+
+def test_row_drive_cap_multiplies_read_phases(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Driving at most 32 of 128 rows at once makes every full-height read take 4 phases."""
+    capped = tmp_path / "capped.json"
+    capped.write_text(json.dumps({"name": "capped", "max_rows_driven": 32}))
+    runs = {}
+    for name, hw in (("full", "rram-128"), ("capped", str(capped))):
+        path = tmp_path / f"{name}.tiles"
+        assert main(["compile", "digits", "-o", str(path), "--hw", hw]) == 0
+        capsys.readouterr()
+        assert (
+            main(["simulate", str(path), "--backend", "rram", "--limit", "10", "-T", "8", "--json"])
+            == 0
+        )
+        runs[name] = json.loads(capsys.readouterr().out)
+    assert runs["capped"]["spike_digest"] == runs["full"]["spike_digest"]
+    assert runs["capped"]["reads_issued"] == runs["full"]["reads_issued"]
+    assert runs["full"]["cycles"] < runs["capped"]["cycles"] <= 4 * runs["full"]["cycles"]
