@@ -15,11 +15,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 
 def _session(
-    nodes: list[onnx.NodeProto], x_type: int, y_type: int, inits: list[onnx.TensorProto]
+    nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], outputs: list[tuple[str, int]]
 ) -> ort.InferenceSession:
-    x = helper.make_tensor_value_info("x", x_type, None)
-    y = helper.make_tensor_value_info("y", y_type, None)
-    g = helper.make_graph(nodes, "layer", [x], [y], inits)
+    """A session over one uint8 input ``x`` with the given (name, element type) outputs."""
+    x = helper.make_tensor_value_info("x", TensorProto.UINT8, None)
+    ys = [helper.make_tensor_value_info(name, t, None) for name, t in outputs]
+    g = helper.make_graph(nodes, "layer", [x], ys, inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     m.ir_version = 8
     opts = ort.SessionOptions()
@@ -51,7 +52,7 @@ class SpikeConv:
             ),
         ]
         inits = [numpy_helper.from_array(w.astype(np.float32), "w")]
-        self.sess = _session(nodes, TensorProto.UINT8, TensorProto.FLOAT, inits)
+        self.sess = _session(nodes, inits, [("y", TensorProto.FLOAT)])
 
     def __call__(self, s: np.ndarray) -> np.ndarray:
         out: np.ndarray = self.sess.run(None, {"x": np.ascontiguousarray(s, dtype=np.uint8)})[0]
@@ -64,7 +65,7 @@ class SpikeDense:
     def __init__(self, w: np.ndarray) -> None:
         nodes = [helper.make_node("MatMulInteger", ["x", "w"], ["y"])]
         inits = [numpy_helper.from_array(np.ascontiguousarray(w.T.astype(np.int8)), "w")]
-        self.sess = _session(nodes, TensorProto.UINT8, TensorProto.INT32, inits)
+        self.sess = _session(nodes, inits, [("y", TensorProto.INT32)])
 
     def __call__(self, s: np.ndarray) -> np.ndarray:
         out: np.ndarray = self.sess.run(None, {"x": np.ascontiguousarray(s, dtype=np.uint8)})[0]
@@ -117,26 +118,9 @@ class BlockedSpikeMatMul:
         inits.append(numpy_helper.from_array(ind, "ind"))
         nodes.append(helper.make_node("MatMulInteger", ["x", "ind"], ["counts"]))
         y_type = TensorProto.INT32 if exact else TensorProto.FLOAT
-        outputs = [
-            helper.make_tensor_value_info("y", y_type, None),
-            helper.make_tensor_value_info("counts", TensorProto.INT32, None),
-        ]
-        self.sess = _session_outputs(nodes, inits, outputs)
+        self.sess = _session(nodes, inits, [("y", y_type), ("counts", TensorProto.INT32)])
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(sum of the block products [M, N], driven rows per block [M, blocks])."""
         y, counts = self.sess.run(None, {"x": np.ascontiguousarray(x, dtype=np.uint8)})
         return y, counts
-
-
-def _session_outputs(
-    nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], outputs: list[onnx.ValueInfoProto]
-) -> ort.InferenceSession:
-    x = helper.make_tensor_value_info("x", TensorProto.UINT8, None)
-    g = helper.make_graph(nodes, "layer", [x], outputs, inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 8
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])

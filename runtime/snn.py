@@ -121,10 +121,10 @@ class SnnRuntime:
         if n.op == "if":
             return self._if(n, ins[0], consts, T, trace)
         if n.op == "readout":
-            return self._readout(ins[0], T)
+            return readout(ins[0], T)
         if n.result in self._fast:
             return self._binary(n, ins[0], T, trace)
-        return self._generic(n, ins[0], consts, T)
+        return digital(n, ins[0], consts, T)
 
     def _if(self, n: Node, z: Value, consts: list[np.ndarray], T: int, trace: SnnTrace) -> Value:
         theta: np.ndarray | float = attr_float(n.attrs, "theta")
@@ -134,16 +134,8 @@ class SnnRuntime:
                 consts[0].astype(np.float64), rank, attr_int(n.attrs, "axis")
             )
         s = if_scan(z, theta, str(n.attrs["reset"]), T)
-        N = s.shape[1]
-        trace.spikes[n.result] = s.reshape(T, N, -1).sum(axis=2, dtype=np.int64)
-        trace.per_neuron[n.result] = s.sum(axis=0, dtype=np.int32).reshape(N, -1)
+        record_spikes(trace, n.result, s)
         return Value(s, False)
-
-    def _readout(self, z: Value, T: int) -> Value:
-        if z.static:
-            steps = np.arange(1, T + 1, dtype=np.float64).reshape(T, *([1] * z.data.ndim))
-            return Value(steps * z.data.astype(np.float64), False)
-        return Value(np.cumsum(z.data, axis=0, dtype=np.float64), False)
 
     def _binary(self, n: Node, s: Value, T: int, trace: SnnTrace) -> Value:
         data = s.data
@@ -152,19 +144,39 @@ class SnnRuntime:
         y = self._fast[n.result](flat)
         return Value(y.reshape(T, data.shape[1], *y.shape[1:]), False)
 
-    def _generic(self, n: Node, x: Value, consts: list[np.ndarray], T: int) -> Value:
-        kernel = ANN_KERNELS[n.op]
-        if x.static:
-            return Value(kernel([x.data, *consts], n.attrs), True)
-        flat = x.data.reshape(T * x.data.shape[1], *x.data.shape[2:])
-        if n.op in ("conv2d", "dense") and x.data.dtype == np.uint8:
-            # full-precision weights on spikes: float64 is exact for 0/1 inputs
-            flat = flat.astype(np.float64)
-            consts = [c.astype(np.float64) for c in consts]
-            y = K.dense(flat, consts[0]) if n.op == "dense" else _conv64(flat, consts[0], n)
-        else:
-            y = kernel([flat, *consts], n.attrs)
-        return Value(y.reshape(T, x.data.shape[1], *y.shape[1:]), False)
+
+def record_spikes(trace: SnnTrace, layer: str, spikes: np.ndarray) -> None:
+    """Spikes [T, N, ...] of an IF layer: per step and image, and per neuron over the window."""
+    T, N = spikes.shape[0], spikes.shape[1]
+    trace.spikes[layer] = spikes.reshape(T, N, -1).sum(axis=2, dtype=np.int64)
+    trace.per_neuron[layer] = spikes.sum(axis=0, dtype=np.int32).reshape(N, -1)
+
+
+def readout(z: Value, T: int) -> Value:
+    """The final membrane after every step: ``V[t] = Σ_{τ ≤ t} z[τ]`` (float64)."""
+    if z.static:
+        steps = np.arange(1, T + 1, dtype=np.float64).reshape(T, *([1] * z.data.ndim))
+        return Value(steps * z.data.astype(np.float64), False)
+    return Value(np.cumsum(z.data, axis=0, dtype=np.float64), False)
+
+
+def digital(n: Node, x: Value, consts: list[np.ndarray], T: int) -> Value:
+    """A non-binary op (full-precision layer, pooling, flatten, scale, bias) over all steps,
+    with the reference kernels; full-precision weights on spikes run in float64, which is
+    exact for 0/1 inputs and so independent of the summation order."""
+    if x.static:
+        return Value(ANN_KERNELS[n.op]([x.data, *consts], n.attrs), True)
+    flat = x.data.reshape(T * x.data.shape[1], *x.data.shape[2:])
+    if n.op in ("conv2d", "dense") and x.data.dtype == np.uint8:
+        w = consts[0].astype(np.float64)
+        y = (
+            K.dense(flat.astype(np.float64), w)
+            if n.op == "dense"
+            else _conv64(flat.astype(np.float64), w, n)
+        )
+    else:
+        y = ANN_KERNELS[n.op]([flat, *consts], n.attrs)
+    return Value(y.reshape(T, x.data.shape[1], *y.shape[1:]), False)
 
 
 def _conv64(x: np.ndarray, w: np.ndarray, n: Node) -> np.ndarray:

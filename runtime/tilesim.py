@@ -37,10 +37,10 @@ from bsnnc.backends.rram.program import Program, Stmt, Tok
 from bsnnc.ir.errors import ArtifactError
 from bsnnc.ir.graph import Graph, Node, attr_ints
 from bsnnc.ir.io import read_npz
-from bsnnc.runtime.ann import ANN_KERNELS, last_uses
+from bsnnc.runtime.ann import last_uses
 from bsnnc.runtime.artifact import Artifact
 from bsnnc.runtime.intkernels import BlockedSpikeMatMul
-from bsnnc.runtime.snn import SnnTrace, Value, if_scan
+from bsnnc.runtime.snn import SnnTrace, Value, digital, if_scan, readout, record_spikes
 
 
 @dataclass
@@ -250,30 +250,17 @@ class TileSimulator:
                 else theta.reshape(1, -1, *([1] * (n.type.rank - 2)))
             )
             spikes = if_scan(src, th, reset, T)
-            b = spikes.shape[1]
-            trace.spikes[result] = spikes.reshape(T, b, -1).sum(axis=2, dtype=np.int64)
-            trace.per_neuron[result] = spikes.sum(axis=0, dtype=np.int32).reshape(b, -1)
-            c.neuron_updates += b * n.type.numel_per_sample()
+            record_spikes(trace, result, spikes)
+            c.neuron_updates += spikes.shape[1] * n.type.numel_per_sample()
             return Value(spikes, False)
         if s.op == "readout":
-            if src.static:
-                steps = np.arange(1, T + 1, dtype=np.float64).reshape(T, *([1] * src.data.ndim))
-                return Value(steps * src.data.astype(np.float64), False)
-            return Value(np.cumsum(src.data, axis=0, dtype=np.float64), False)
+            return readout(src, T)
         if s.op == "mvm" and result in self.kernels:
             return self._mvm(n, src, T, trace, c)
         return self._digital(n, src, T)
 
     def _digital(self, n: Node, x: Value, T: int) -> Value:
-        consts = [self.g.constants[k].array() for k in n.const_operands()]
-        kernel = ANN_KERNELS[n.op]
-        if x.static:
-            return Value(kernel([x.data, *consts], n.attrs), True)
-        flat = x.data.reshape(T * x.data.shape[1], *x.data.shape[2:])
-        if n.op in ("conv2d", "dense") and flat.dtype == np.uint8:
-            flat, consts = flat.astype(np.float64), [w.astype(np.float64) for w in consts]
-        y = kernel([flat, *consts], n.attrs)
-        return Value(y.reshape(T, x.data.shape[1], *y.shape[1:]), False)
+        return digital(n, x, [self.g.constants[k].array() for k in n.const_operands()], T)
 
     def _mvm(self, n: Node, s: Value, T: int, trace: SnnTrace, c: Counters) -> Value:
         b = s.data.shape[1]
