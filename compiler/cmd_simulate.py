@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
             else None
         )
         counters = Counters.zeros(T)
-        runner = None if sim is None else (lambda x, t: sim.run(x, t, counters))
+        runner = None if sim is None else (lambda x, t: sim.run(x, t, counters, args.early_exit))
         chunks = run_chunks(
             g, images, T, size, args.early_exit, lambda n: bar.advance(task, n), runner
         )
@@ -201,7 +201,8 @@ def _nonideal(args: argparse.Namespace) -> NonIdeal:
 def rram_report(
     sim: TileSimulator, c: Counters, images: int, extra: dict[str, bytes], energy: dict[str, Any]
 ) -> dict[str, Any]:
-    """The tile simulator's numbers: events per inference (averaged over images, whole window),
+    """The tile simulator's numbers: events per inference (averaged over images, up to each
+    image's exit step under early exit),
     cycles of the pipeline model, and the mapping's arrays, bounds and utilization."""
     per = {
         k: float(getattr(c, k).sum()) / images

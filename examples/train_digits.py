@@ -37,6 +37,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+# Bit-identical training on any x86-64 CPU (set before torch loads): ATen's generic kernels
+# (one vector width, so one reduction order, whatever the CPU supports), MKL's conditional
+# numerical reproducibility (the same results on every instruction set), and no oneDNN (see
+# seed_everything).
+os.environ.setdefault("ATEN_CPU_CAPABILITY", "default")
+os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
+
 import numpy as np
 import onnx
 import torch
@@ -208,6 +215,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(2)
+    torch.backends.mkldnn.enabled = False  # oneDNN picks its kernels by CPU
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, np.ndarray]:

@@ -4,9 +4,11 @@ Functional (ideal mode): every ``mvm`` is computed array block by array block �
 rows of the input spikes against the bit-packed ±1 weights of ``program.npz`` (not the IR's
 constants), one exact uint8 × int8 → int32 product per row block — and the partial sums are
 added by the digital adder (``add``); ``fire`` integrates with the program's integer
-thresholds Θ·2^unit; ``digital`` instructions (the full-precision first/last layers, pooling,
-flatten, scale, bias) run the reference kernels of the digital periphery. Spikes, membranes
-and predictions therefore equal the numpy SNN reference bit for bit, which the tests check.
+thresholds Θ·2^unit; ``digital`` instructions (full-precision first/last layers kept
+digital, pooling, flatten, scale, bias) run the reference kernels of the digital periphery. A
+bit-sliced full-precision layer's ``mvm`` counts the events of its slices (see
+``input_planes``) and takes its values from the reference kernel. Spikes, membranes and
+predictions therefore equal the numpy SNN reference bit for bit, which the tests check.
 
 Like the reference, each instruction is executed for all T timesteps of a chunk of images at
 once: within a timestep the program order is a topological order and only neuron membranes
@@ -19,6 +21,8 @@ spike packets × hops. Cycles per timestep of a layer = the busiest array's issu
 ⌈block rows / max_rows_driven⌉ × (columns_per_adc + 1) (row drive, then the multiplexed
 conversions); the layers form a pipeline
 over timesteps, bounded below by Σ_t max_l and above by Σ_t Σ_l of the per-layer cycles.
+Events are kept per image and timestep while a chunk runs, so that with early exit each image
+contributes only the steps before its exit (``Counters.absorb``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from bsnnc.backends.rram.emit import load_program
 from bsnnc.backends.rram.hw import HwConfig, load_hw
+from bsnnc.backends.rram.mapping import FP_BITS
 from bsnnc.backends.rram.program import Program, Stmt, Tok
 from bsnnc.ir.errors import ArtifactError
 from bsnnc.ir.graph import Graph, Node, attr_ints
@@ -40,6 +45,7 @@ from bsnnc.ir.io import read_npz
 from bsnnc.runtime.ann import last_uses
 from bsnnc.runtime.artifact import Artifact
 from bsnnc.runtime.intkernels import BlockedSpikeMatMul
+from bsnnc.runtime.simulate import exit_steps
 from bsnnc.runtime.snn import SnnTrace, Value, digital, if_scan, readout, record_spikes
 
 
@@ -71,6 +77,51 @@ class Counters:
 
     def add_layer_cycles(self, layer: str, cycles: np.ndarray) -> None:
         self.layer_cycles[layer] = self.layer_cycles.get(layer, np.zeros(self.T, np.int64)) + cycles
+
+    def absorb(self, ev: Events, steps: np.ndarray) -> None:
+        """Adds one chunk's events, each image's only for the timesteps before it exits
+        (``steps`` is 1-based; T when the image ran the whole window)."""
+        active = (np.arange(1, self.T + 1)[:, None] <= steps[None, :]).astype(np.int64)
+        for name, per_image in ev.counts.items():
+            total = getattr(self, name)
+            total += (per_image * active).sum(axis=1)
+        for layer, per_image in ev.rows.items():
+            add = (per_image * active).sum(axis=1)
+            self.layer_rows[layer] = self.layer_rows.get(layer, np.zeros(self.T, np.int64)) + add
+        stages: dict[str, np.ndarray] = {}
+        for (layer, _block, _copy), busy in sorted(ev.busy.items()):
+            # copies and row blocks work in parallel: the busiest one sets the time
+            stage = (busy * active).sum(axis=1)
+            stages[layer] = np.maximum(stages.get(layer, np.zeros(self.T, np.int64)), stage)
+        for layer, stage in stages.items():
+            self.add_layer_cycles(layer, stage)
+
+
+@dataclass
+class Events:
+    """One chunk's events per timestep and image (each [T, b], or [1, b] when the same at
+    every step), before early exit is applied (``Counters.absorb``)."""
+
+    T: int
+    b: int
+    counts: dict[str, np.ndarray] = field(default_factory=dict)
+    #: layer → driven rows
+    rows: dict[str, np.ndarray] = field(default_factory=dict)
+    #: (layer, row block, copy) → busy cycles of that copy's arrays of that row block
+    busy: dict[tuple[str, int, int], np.ndarray] = field(default_factory=dict)
+
+    def _zeros(self) -> np.ndarray:
+        return np.zeros((self.T, self.b), np.int64)
+
+    def add(self, name: str, per_image: np.ndarray | int) -> None:
+        """Adds ``per_image`` ([T, b], [1, b] or a scalar per image and step) to a count."""
+        self.counts[name] = self.counts.get(name, self._zeros()) + per_image
+
+    def add_rows(self, layer: str, per_image: np.ndarray) -> None:
+        self.rows[layer] = self.rows.get(layer, self._zeros()) + per_image
+
+    def add_busy(self, key: tuple[str, int, int], per_image: np.ndarray) -> None:
+        self.busy[key] = self.busy.get(key, self._zeros()) + per_image
 
 
 def _im2col(s: np.ndarray, n: Node, kh: int, kw: int) -> tuple[np.ndarray, int, int]:
@@ -212,10 +263,14 @@ class TileSimulator:
         w = self.nonideal.weights(self.weights[layer], index)
         return BlockedSpikeMatMul(w, self._row_bounds(layer), self.nonideal.clip)
 
-    def run(self, x: np.ndarray, T: int, counters: Counters) -> SnnTrace:
-        """Simulate T timesteps on images ``x``; adds the events to ``counters``."""
+    def run(
+        self, x: np.ndarray, T: int, counters: Counters, early_exit: float | None = None
+    ) -> SnnTrace:
+        """Simulate T timesteps on images ``x``; adds the events to ``counters`` — with
+        ``early_exit``, each image's only up to its exit step (as the hardware would stop)."""
         env: dict[str, Value] = {}
         trace = SnnTrace(final=np.zeros(0))
+        ev = Events(T, x.shape[0])
         last = last_uses(self.g)
         order = {n.result: i for i, n in enumerate(self.g.nodes)}
         inp = self.g.inputs()[0].result
@@ -224,21 +279,22 @@ class TileSimulator:
             if s.op == "barrier":
                 continue
             if s.op == "add":
-                self._count_add(s, env, counters)
+                self._count_add(s, ev)
                 continue
             if s.op == "send":
-                self._count_send(s, env, counters)
+                self._count_send(s, env, ev)
                 continue
             result = str(s.args[0])[1:]
-            env[result] = self._execute(s, result, env, T, trace, counters)
+            env[result] = self._execute(s, result, env, T, trace, ev)
             for v in last.get(order[result], []):
                 if v != result:
                     env.pop(v, None)
         trace.final = env[self.g.outputs[0]].data
+        counters.absorb(ev, exit_steps(trace.final, early_exit))
         return trace
 
     def _execute(
-        self, s: Stmt, result: str, env: dict[str, Value], T: int, trace: SnnTrace, c: Counters
+        self, s: Stmt, result: str, env: dict[str, Value], T: int, trace: SnnTrace, ev: Events
     ) -> Value:
         n = self.nodes[result]
         src = env[n.value_operands()[0]]
@@ -251,90 +307,133 @@ class TileSimulator:
             )
             spikes = if_scan(src, th, reset, T)
             record_spikes(trace, result, spikes)
-            c.neuron_updates += spikes.shape[1] * n.type.numel_per_sample()
+            ev.add("neuron_updates", n.type.numel_per_sample())
             return Value(spikes, False)
         if s.op == "readout":
             return readout(src, T)
         if s.op == "mvm" and result in self.kernels:
-            return self._mvm(n, src, T, trace, c)
+            return self._mvm(n, src, T, trace, ev)
+        if s.op == "mvm":
+            self._count_bitsliced(n, src, T, ev)
         return self._digital(n, src, T)
 
     def _digital(self, n: Node, x: Value, T: int) -> Value:
         return digital(n, x, [self.g.constants[k].array() for k in n.const_operands()], T)
 
-    def _mvm(self, n: Node, s: Value, T: int, trace: SnnTrace, c: Counters) -> Value:
+    def _cols(self, n: Node, s: np.ndarray) -> tuple[np.ndarray, int]:
+        """0/1 inputs [N, ...] → the rows each output position drives, [N·positions, K]."""
+        if n.op == "conv2d":
+            w = self.g.constants[n.const_operands()[0]].type.shape
+            cols, oh, ow = _im2col(s, n, int(w[2] or 1), int(w[3] or 1))
+            return cols, oh * ow
+        return s.reshape(s.shape[0], -1), 1
+
+    def _mvm(self, n: Node, s: Value, T: int, trace: SnnTrace, ev: Events) -> Value:
         b = s.data.shape[1]
         flat = s.data.reshape(T * b, *s.data.shape[2:])
         trace.layer_input[n.result] = s.data.reshape(T, b, -1).sum(axis=2, dtype=np.int64)
-        if n.op == "conv2d":
-            w = self.g.constants[n.const_operands()[0]].type.shape
-            cols, oh, ow = _im2col(flat, n, int(w[2] or 1), int(w[3] or 1))
-        else:
-            cols, oh, ow = flat.reshape(T * b, -1), 1, 1
+        cols, positions = self._cols(n, flat)
         total, driven = self.kernels[n.result](cols)
-        stage = np.zeros(T, np.int64)
         for j, (r0, r1) in enumerate(self._row_bounds(n.result)):
-            busy = self._count_mvm(n.result, driven[:, j], r0, r1, T, b, oh * ow, c)
-            stage = np.maximum(stage, busy)  # arrays of different row blocks work in parallel
-        c.add_layer_cycles(n.result, stage)
+            self._count_mvm(n.result, j, driven[:, j], r1 - r0, T, positions, ev)
+        oh, ow = (
+            (int(n.type.shape[2] or 0), int(n.type.shape[3] or 0)) if n.op == "conv2d" else (1, 1)
+        )
         y4 = total.astype(np.float32).reshape(T * b, oh, ow, -1)
         y = y4.transpose(0, 3, 1, 2) if n.op == "conv2d" else y4.reshape(T * b, -1)
         return Value(np.ascontiguousarray(y).reshape(T, b, *y.shape[1:]), False)
 
+    def _count_bitsliced(self, n: Node, s: Value, T: int, ev: Events) -> None:
+        """Events of a bit-sliced full-precision layer: its inputs are applied bit-serially
+        (``input_planes``), each plane one read of the layer's arrays, whose b-bit weight
+        slices sit side by side (b·N columns). The values themselves come from the digital
+        reference kernel, so the outputs stay bit-exact."""
+        steps = 1 if s.static else T
+        flat = s.data if s.static else s.data.reshape(T * s.data.shape[1], *s.data.shape[2:])
+        for plane in input_planes(flat):
+            cols, positions = self._cols(n, plane)
+            for j, (r0, r1) in enumerate(self._row_bounds(n.result)):
+                driven = cols[:, r0:r1].sum(axis=1, dtype=np.int64)
+                self._count_mvm(n.result, j, driven, r1 - r0, steps, positions, ev)
+
     def _count_mvm(
         self,
         layer: str,
+        block: int,
         driven_rows: np.ndarray,
-        r0: int,
-        r1: int,
-        T: int,
-        b: int,
+        height: int,
+        steps: int,
         positions: int,
-        c: Counters,
-    ) -> np.ndarray:
-        """Count one row block's events; returns its arrays' busy cycles per step (summed over
-        images). Positions are shared round-robin by the layer's copies, which run in
-        parallel, so the busiest copy sets the time."""
-        driven = driven_rows.reshape(T, b * positions)
-        issued = (driven > 0).sum(axis=1)
-        # a spike drives its row in every array of the row block (one per column block)
-        rows = driven.sum(axis=1) * self._blocks_in_rows(layer, r0, r1)
-        c.row_activations += rows
-        c.layer_rows[layer] = c.layer_rows.get(layer, np.zeros(c.T, np.int64)) + rows
-        c.reads_issued += issued * self._blocks_in_rows(layer, r0, r1)
-        c.reads_skipped += (b * positions - issued) * self._blocks_in_rows(layer, r0, r1)
-        width = sum(c1 - c0 for _, br0, br1, c0, c1 in self.blocks[layer] if (br0, br1) == (r0, r1))
-        width //= self.copies.get(layer, 1)
-        c.conversions += issued * width
-        c.cell_reads += driven.sum(axis=1) * width  # every cell on a driven row, in its block
-        reads = (driven > 0).reshape(T, b, positions)
+        ev: Events,
+    ) -> None:
+        """Count one row block's events, per timestep and image (``steps`` is T, or 1 for an
+        input that is the same at every step). Positions are shared round-robin by the
+        layer's copies, which run in parallel."""
+        driven = driven_rows.reshape(steps, ev.b, positions)
+        issued = (driven > 0).sum(axis=2)
+        rows = driven.sum(axis=2, dtype=np.int64)
+        arrays = self._blocks_in_rows(layer, block)  # a spike drives its row in each of them
+        width = self._block_width(layer, block)
+        ev.add("row_activations", rows * arrays)
+        ev.add_rows(layer, rows * arrays)
+        ev.add("reads_issued", issued * arrays)
+        ev.add("reads_skipped", (positions - issued) * arrays)
+        ev.add("conversions", issued * width)
+        ev.add("cell_reads", rows * width)  # every cell on a driven row, in its block
+        reads = driven > 0
         copies = self.copies.get(layer, 1)
-        busiest = np.max([reads[:, :, k::copies].sum(axis=(1, 2)) for k in range(copies)], axis=0)
         # a read drives at most max_rows_driven rows at once: taller blocks take several phases
-        phases = -(-(r1 - r0) // self.hw.max_rows_driven)
-        return np.asarray(busiest * phases * (self.hw.columns_per_adc + 1), dtype=np.int64)
+        per_read = -(-height // self.hw.max_rows_driven) * (self.hw.columns_per_adc + 1)
+        for k in range(copies):
+            ev.add_busy((layer, block, k), reads[:, :, k::copies].sum(axis=2) * per_read)
 
-    def _blocks_in_rows(self, layer: str, r0: int, r1: int) -> int:
-        """Arrays of one copy that hold this row range (one per column block)."""
+    def _blocks_in_rows(self, layer: str, block: int) -> int:
+        """Arrays of one copy that hold this row block (one per column block)."""
+        r0, r1 = self._row_bounds(layer)[block]
         n = sum(1 for _, br0, br1, _, _ in self.blocks[layer] if (br0, br1) == (r0, r1))
         return n // self.copies.get(layer, 1)
 
-    def _count_add(self, s: Stmt, env: dict[str, Value], c: Counters) -> None:
+    def _block_width(self, layer: str, block: int) -> int:
+        """Columns of one copy that this row block's arrays read."""
+        r0, r1 = self._row_bounds(layer)[block]
+        width = sum(c1 - c0 for _, br0, br1, c0, c1 in self.blocks[layer] if (br0, br1) == (r0, r1))
+        return width // self.copies.get(layer, 1)
+
+    def _count_add(self, s: Stmt, ev: Events) -> None:
         """Partial sums of the row blocks, added per output neuron (and timestep)."""
         layer = str(s.args[0])[1:]
-        n = self.nodes[layer]
-        val = env.get(layer)
-        b = val.data.shape[1] if val is not None else 0
-        blocks = len(self._row_bounds(layer)) if layer in self.kernels else 1
-        c.psum_adds += (blocks - 1) * b * n.type.numel_per_sample()
+        blocks = len(self._row_bounds(layer)) if layer in self.blocks else 1
+        ev.add("psum_adds", (blocks - 1) * self.nodes[layer].type.numel_per_sample())
 
-    def _count_send(self, s: Stmt, env: dict[str, Value], c: Counters) -> None:
+    def _count_send(self, s: Stmt, env: dict[str, Value], ev: Events) -> None:
         layer = str(s.args[0])[1:]
         hops = _as_int(s.args[2])
         spikes = env[layer].data
-        per_step = spikes.reshape(spikes.shape[0], -1).sum(axis=1, dtype=np.int64)
-        c.spike_packets += per_step
-        c.packet_hops += per_step * hops
+        per_step = spikes.reshape(spikes.shape[0], spikes.shape[1], -1).sum(axis=2, dtype=np.int64)
+        ev.add("spike_packets", per_step)
+        ev.add("packet_hops", per_step * hops)
+
+
+def input_planes(x: np.ndarray, bits: int = FP_BITS) -> list[np.ndarray]:
+    """The bit planes a layer's input is applied as, each 0/1 uint8 shaped like ``x``.
+
+    0/1 inputs (spikes, or a flatten of them) are one plane. Other inputs are applied
+    bit-serially: per image, q = round(|x| / max|x| · (2^b − 1)) with b = ``bits``, one
+    plane per bit of q and per sign (positive inputs, then negative inputs in a second
+    phase): 2b planes, a position whose window has no set bit in a plane skips that read.
+    """
+    if x.size == 0 or bool(np.all((x == 0) | (x == 1))):
+        return [np.ascontiguousarray(x, np.uint8)]
+    n = x.shape[0]
+    mag = np.abs(x.reshape(n, -1)).astype(np.float64)
+    top = mag.max(axis=1, keepdims=True)
+    q = np.rint(np.divide(mag, top, out=np.zeros_like(mag), where=top > 0) * (2**bits - 1))
+    q = q.astype(np.uint32).reshape(x.shape)
+    planes = []
+    for sign in (x > 0, x < 0):
+        for j in range(bits):
+            planes.append((((q >> j) & 1).astype(bool) & sign).astype(np.uint8))
+    return planes
 
 
 def cycles(c: Counters, images: int) -> dict[str, Any]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# isort: off
+import bsnnc  # noqa: F401  first: it pins numpy's BLAS kernels, which must precede numpy's import
+# isort: on
+
 import importlib.util
 import sys
 from collections.abc import Callable
@@ -84,3 +88,10 @@ def load_example(name: str) -> ModuleType:
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def pytest_report_header() -> str:
+    """Which OpenBLAS kernels the float results (and so the golden files) come from."""
+    import os
+
+    return f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(CPU default)')}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -978,3 +979,18 @@ def test_simulate_zoo_models(
     assert r["ann_accuracy"] == 1.0
     assert len(r["accuracy_per_timestep"]) == 8
     assert len(r["spike_rates"]) == len(if_nodes(read_artifact(tiles).graph))
+
+
+@pytest.mark.parametrize("chosen", [None, "Sandybridge"])
+def test_importing_bsnnc_pins_the_blas_kernels(chosen: str | None) -> None:
+    """Float results must not depend on which AVX2 CPU runs them: importing bsnnc before
+    numpy selects OpenBLAS's Haswell kernels, unless the user chose a core type."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    if chosen is not None:
+        env["OPENBLAS_CORETYPE"] = chosen
+    code = "import os, bsnnc, numpy; print(os.environ.get('OPENBLAS_CORETYPE', '-'))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    expect = chosen or ("Haswell" if bsnnc._has_avx2_fma() else "-")
+    assert out == expect

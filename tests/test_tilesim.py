@@ -16,7 +16,7 @@ from bsnnc.ir.errors import BsnncError
 from bsnnc.runtime.artifact import read_artifact
 from bsnnc.runtime.datasets import Images, load_images
 from bsnnc.runtime.simulate import metrics, run_chunks
-from bsnnc.runtime.tilesim import Counters, NonIdeal, TileSimulator, cycles
+from bsnnc.runtime.tilesim import Counters, NonIdeal, TileSimulator, cycles, input_planes
 
 
 def compile_to(tmp_path: Path, args: list[str]) -> Path:
@@ -253,12 +253,43 @@ def test_energy_is_counts_times_table(tmp_path: Path, capsys: pytest.CaptureFixt
         "adc": ev["adc_conversion_pj"]["5"] * out["conversions"],  # rram-128: 5-bit ADC
         "accumulate": ev["accumulate_pj"] * (out["conversions"] + out["neuron_updates"]),
         "noc": ev["packet_hop_pj_per_bit"] * table["packet_bits"] * out["packet_hops"],
+        "cell_read": ev["cell_read_pj"] * out["cell_reads"],
     }
     for k, v in expect.items():
         assert out["energy_pj"][k] == pytest.approx(v)
     assert out["energy_pj"]["total"] == pytest.approx(sum(expect.values()))
-    assert out["energy_missing"] == ["cell_read"] and out["energy_set"] == "isaac-32nm"
+    assert out["energy_missing"] == [] and out["energy_set"] == "isaac-32nm"
     assert out["cell_reads"] >= out["row_activations"] > 0
+    # the cell-energy sets keep ISAAC's periphery and change only the cell reads
+    for name in ("neurosim-cell", "mnsim-cell"):
+        args = [str(path), "--limit", "20", "-T", "16", "--backend", "rram", "--json"]
+        assert main(["simulate", *args, "--energy", name]) == 0
+        other = json.loads(capsys.readouterr().out)
+        cell = load_energy(name)["events"]["cell_read_pj"]["value"]
+        assert other["energy_pj"]["cell_read"] == pytest.approx(cell * out["cell_reads"])
+        for k in expect:
+            if k != "cell_read":
+                assert other["energy_pj"][k] == pytest.approx(out["energy_pj"][k])
+    neurram = load_energy("neurram-130nm")
+    assert neurram["events"]["cell_read_pj"]["value"] is None  # not given: reported missing
+
+
+def test_energy_table_with_a_base(tmp_path: Path) -> None:
+    p = tmp_path / "mine.json"
+    mine = {"value": 0.5, "source": "my measurement"}
+    p.write_text(
+        json.dumps({"name": "mine", "base": "isaac-32nm", "events": {"cell_read_pj": mine}})
+    )
+    table = load_energy(str(p))
+    isaac = load_energy("isaac-32nm")
+    assert table["events"]["cell_read_pj"] == mine
+    assert table["events"]["adc_conversion_pj"] == isaac["events"]["adc_conversion_pj"]
+    p.write_text(json.dumps({"base": "isaac-64nm", "events": {}}))
+    with pytest.raises(BsnncError, match="'base' must be one of"):
+        load_energy(str(p))
+    p.write_text(json.dumps({"base": "isaac-32nm", "events": {"laser_pj": mine}}))
+    with pytest.raises(BsnncError, match="may only give"):
+        load_energy(str(p))
 
 
 @pytest.mark.parametrize(
@@ -323,3 +354,95 @@ def test_row_drive_cap_multiplies_read_phases(
     assert runs["capped"]["spike_digest"] == runs["full"]["spike_digest"]
     assert runs["capped"]["reads_issued"] == runs["full"]["reads_issued"]
     assert runs["full"]["cycles"] < runs["capped"]["cycles"] <= 4 * runs["full"]["cycles"]
+
+
+PER_IMAGE = ("row_activations", "reads_issued", "reads_skipped", "conversions", "cell_reads",
+             "neuron_updates", "spike_packets", "packet_hops", "psum_adds")  # fmt: skip
+
+
+@pytest.mark.parametrize("fp_layers", ["digital", "bitsliced"])
+def test_early_exit_counts_each_image_up_to_its_exit(fp_layers: str, tmp_path: Path) -> None:
+    """The hardware stops an image at its exit step: the counters with early exit equal the
+    sum, over images, of running each image alone for exactly its exit steps (the network is
+    causal, so its first steps do not depend on later ones)."""
+    path = compile_to(tmp_path, ["digits", "--fp-layers", fp_layers])
+    images = load_images("digits", limit=12)
+    T, early = 30, 60.0
+    art = read_artifact(path)
+    sim = TileSimulator(art, str(path))
+    c = Counters.zeros(T)
+    chunks = run_chunks(art.graph, images, T, 5, early, runner=lambda x, t: sim.run(x, t, c, early))
+    steps = np.concatenate(chunks.exit_step)
+    assert steps.min() > 1 and steps.max() < T  # all exit before T, none at step 1
+    alone = Counters.zeros(T)
+    for i, s in enumerate(steps):
+        one = Counters.zeros(int(s))
+        sim.run(images.x[i : i + 1], int(s), one)
+        for k in PER_IMAGE:
+            getattr(alone, k)[: int(s)] += getattr(one, k)
+    for k in PER_IMAGE:
+        np.testing.assert_array_equal(getattr(c, k), getattr(alone, k), err_msg=k)
+    full = Counters.zeros(T)
+    run_chunks(art.graph, images, T, 5, None, runner=lambda x, t: sim.run(x, t, full))
+    assert c.reads_issued.sum() < full.reads_issued.sum()
+    cyc, full_cyc = cycles(c, len(images)), cycles(full, len(images))
+    assert cyc["cycles"] < full_cyc["cycles"]
+
+
+def test_input_planes_reconstruct_the_quantized_input() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 2, 5, 5)).astype(np.float32)
+    x[1] = 0.0  # an all-zero image sets no bit in any plane
+    planes = input_planes(x, bits=8)
+    assert all(p.dtype == np.uint8 and set(np.unique(p)) <= {0, 1} for p in planes)
+    # 8 bit planes of the positive inputs, then 8 of the negative ones
+    assert len(planes) == 16
+    value = sum(p.astype(np.int64) << (j % 8) for j, p in enumerate(planes[:8])) - sum(
+        p.astype(np.int64) << (j % 8) for j, p in enumerate(planes[8:])
+    )
+    top = np.abs(x).reshape(3, -1).max(axis=1).reshape(3, 1, 1, 1)
+    expect = np.rint(np.divide(x, top, out=np.zeros_like(x), where=top > 0) * 255)
+    np.testing.assert_array_equal(value, expect)
+    assert not any(p[1].any() for p in planes)
+    spikes = (rng.random((4, 6)) < 0.3).astype(np.float32)
+    (only,) = input_planes(spikes)
+    np.testing.assert_array_equal(only, spikes)
+
+
+def test_bitsliced_layers_count_their_reads(tmp_path: Path) -> None:
+    """digits with bit-sliced first/last layers: the first conv's rows driven are, per output
+    position, the set bits of the 8-bit input magnitudes in its 3×3 window (computed here by
+    shifting the padded image, not by im2col); the last layer's are the spikes entering it;
+    each issued read converts all b·N = 8·N slice columns. Spikes stay bit-exact."""
+    sliced = compile_to(tmp_path, ["digits", "--fp-layers", "bitsliced"])
+    images = load_images("digits", limit=10)
+    T = 8
+    ref, got, c, sim = both(sliced, images, T)
+    for k in KEYS:
+        assert got[k] == ref[k], k
+    g = read_artifact(sliced).graph
+    first, last = (
+        n for n in g.nodes if n.op in ("conv2d", "dense") and n.result not in sim.kernels
+    )
+    # the first conv: 3×3, stride 1, pad 1 on a 1×8×8 image
+    x = images.x[:, 0].astype(np.float64)
+    top = np.abs(x).reshape(10, -1).max(axis=1).reshape(10, 1, 1)
+    q = np.rint(np.abs(x) / top * 255).astype(np.uint8)
+    bits = np.unpackbits(q[..., None], axis=-1).sum(axis=-1)  # set bits per pixel
+    padded = np.pad(bits, ((0, 0), (1, 1), (1, 1)))
+    window = sum(padded[:, dy : dy + 8, dx : dx + 8] for dy in range(3) for dx in range(3))
+    arrays = len(sim.blocks[first.result])  # 9 rows × 8·32 columns: 2 arrays side by side
+    assert arrays == 2
+    np.testing.assert_array_equal(c.layer_rows[first.result], np.full(T, window.sum() * arrays))
+    src = g.node_map()[last.value_operands()[0]]
+    spikes_into_last = ref["spike_rates"][f"%{src.result} {src.loc}"] * 128 * T * 10
+    assert spikes_into_last > 0
+    assert c.layer_rows[last.result].sum() == pytest.approx(spikes_into_last, abs=1e-6)
+    (tmp_path / "plain").mkdir()
+    plain = compile_to(tmp_path / "plain", ["digits"])
+    _, _, c_plain, _ = both(plain, images, T)
+    extra_rows = sum(c.layer_rows[n.result].sum() for n in (first, last))
+    assert c.row_activations.sum() == c_plain.row_activations.sum() + extra_rows
+    assert c.conversions.sum() > c_plain.conversions.sum()
+    assert set(cycles(c, 10)) == set(cycles(c_plain, 10))
+    assert cycles(c, 10)["cycles"] > cycles(c_plain, 10)["cycles"]

@@ -11,7 +11,10 @@ events and the counts they multiply:
 * ``packet_hop_pj_per_bit`` × packet bits × spike packets × hops.
 
 An event a source does not give is ``null``: it is left out of the total and listed under
-``energy_missing`` — never filled in with a guess.
+``energy_missing`` — never filled in with a guess. A table may name a ``base`` set and give
+only the events it changes (``neurosim-cell`` and ``mnsim-cell`` are ISAAC's periphery with the
+cell read energy of NeuroSim's and MNSIM's default RRAM devices — the cell energy is the most
+device-dependent number, so the sets show how far it moves the total).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 from bsnnc.ir.errors import BsnncError
 
-ENERGY_SETS = ("isaac-32nm", "neurram-130nm")
+ENERGY_SETS = ("isaac-32nm", "neurram-130nm", "neurosim-cell", "mnsim-cell")
 DEFAULT_ENERGY = "isaac-32nm"
 EVENTS = (
     "row_drive_pj",
@@ -34,27 +37,25 @@ EVENTS = (
 )
 
 
-def load_energy(spec: str = DEFAULT_ENERGY) -> dict[str, Any]:
-    """A shipped set's name or a JSON file → the table (checked)."""
-    if spec in ENERGY_SETS:
-        text = (
-            resources.files("bsnnc.backends.rram")
-            .joinpath("energy", f"{spec}.json")
-            .read_text("utf-8")
-        )
-        where = f"energy set {spec}"
-    else:
-        p = Path(spec)
-        if not p.is_file():
-            raise BsnncError(
-                f"--energy {spec}: no such file or set (sets: {', '.join(ENERGY_SETS)})"
-            )
-        text, where = p.read_text(encoding="utf-8"), str(p)
+def load_energy(spec: str = DEFAULT_ENERGY, _depth: int = 0) -> dict[str, Any]:
+    """A shipped set's name or a JSON file → the table (checked; a ``base`` set's events
+    are inherited, each event keeping its own source)."""
+    text, where = _read_table(spec)
     try:
         table: dict[str, Any] = json.loads(text)
     except json.JSONDecodeError as e:
         raise BsnncError(f"{where}: not valid JSON ({e})") from None
-    events = table.get("events") if isinstance(table, dict) else None
+    if not isinstance(table, dict):
+        raise BsnncError(f"{where}: expected a JSON object with 'events'")
+    events = table.get("events")
+    base = table.get("base")
+    if base is not None:
+        if base not in ENERGY_SETS or _depth > len(ENERGY_SETS):
+            raise BsnncError(f"{where}: 'base' must be one of {', '.join(ENERGY_SETS)}")
+        inherited = load_energy(base, _depth + 1)["events"]
+        if not isinstance(events, dict) or not set(events) <= set(EVENTS):
+            raise BsnncError(f"{where}: 'events' may only give {', '.join(EVENTS)}")
+        events = table["events"] = {**inherited, **events}
     if not isinstance(events, dict) or set(events) != set(EVENTS):
         raise BsnncError(
             f"{where}: 'events' must give exactly {', '.join(EVENTS)} (null when unknown)"
@@ -63,6 +64,21 @@ def load_energy(spec: str = DEFAULT_ENERGY) -> dict[str, Any]:
         if not isinstance(entry, dict) or "value" not in entry or not entry.get("source"):
             raise BsnncError(f"{where}: event {key} needs a 'value' and a 'source'")
     return table
+
+
+def _read_table(spec: str) -> tuple[str, str]:
+    """The JSON text of a shipped set or a file, and how to name it in errors."""
+    if spec in ENERGY_SETS:
+        text = (
+            resources.files("bsnnc.backends.rram")
+            .joinpath("energy", f"{spec}.json")
+            .read_text("utf-8")
+        )
+        return text, f"energy set {spec}"
+    p = Path(spec)
+    if not p.is_file():
+        raise BsnncError(f"--energy {spec}: no such file or set (sets: {', '.join(ENERGY_SETS)})")
+    return p.read_text(encoding="utf-8"), str(p)
 
 
 def _adc(value: Any, bits: int) -> float | None:
