@@ -110,18 +110,28 @@ class Events:
     #: (layer, row block, copy) → busy cycles of that copy's arrays of that row block
     busy: dict[tuple[str, int, int], np.ndarray] = field(default_factory=dict)
 
+    #: True while the ``once`` block runs: its events happen at the first step only
+    once: bool = False
+
     def _zeros(self) -> np.ndarray:
         return np.zeros((self.T, self.b), np.int64)
 
+    def _at(self, per_image: np.ndarray | int) -> np.ndarray | int:
+        if not self.once:
+            return per_image
+        first = self._zeros()
+        first[0] = np.asarray(per_image).reshape(-1) if np.ndim(per_image) else per_image
+        return first
+
     def add(self, name: str, per_image: np.ndarray | int) -> None:
         """Adds ``per_image`` ([T, b], [1, b] or a scalar per image and step) to a count."""
-        self.counts[name] = self.counts.get(name, self._zeros()) + per_image
+        self.counts[name] = self.counts.get(name, self._zeros()) + self._at(per_image)
 
     def add_rows(self, layer: str, per_image: np.ndarray) -> None:
-        self.rows[layer] = self.rows.get(layer, self._zeros()) + per_image
+        self.rows[layer] = self.rows.get(layer, self._zeros()) + self._at(per_image)
 
     def add_busy(self, key: tuple[str, int, int], per_image: np.ndarray) -> None:
-        self.busy[key] = self.busy.get(key, self._zeros()) + per_image
+        self.busy[key] = self.busy.get(key, self._zeros()) + self._at(per_image)
 
 
 def _im2col(s: np.ndarray, n: Node, kh: int, kw: int) -> tuple[np.ndarray, int, int]:
@@ -275,7 +285,8 @@ class TileSimulator:
         order = {n.result: i for i, n in enumerate(self.g.nodes)}
         inp = self.g.inputs()[0].result
         env[inp] = Value(np.ascontiguousarray(x, np.float32), True)
-        for s in self.program.body:
+        for s in [*self.program.once, *self.program.body]:
+            ev.once = any(s is o for o in self.program.once)
             if s.op == "barrier":
                 continue
             if s.op == "add":

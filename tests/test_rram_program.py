@@ -16,7 +16,7 @@ from zoo import ZOO
 from bsnnc.backends.rram.emit import check_program, emit_program, integer_thresholds
 from bsnnc.backends.rram.hw import load_hw
 from bsnnc.backends.rram.mapping import partition
-from bsnnc.backends.rram.program import parse_program, print_program
+from bsnnc.backends.rram.program import Tok, parse_program, print_program
 from bsnnc.compiler.cli import main
 from bsnnc.compiler.frontend.importer import import_onnx
 from bsnnc.compiler.passes import PassOptions, run_pipeline
@@ -41,6 +41,17 @@ def test_program_round_trip_and_contents(name: str, pack: bool, zoo_data: Path) 
     check_program(back)
     assert print_program(back) == text
     nodes = g.node_map()
+    # loop-invariant code motion: the once block computes from the input and constants only
+    invariant = {g.inputs()[0].result}
+    for s in back.once:
+        args = [str(a)[1:] for a in s.args if isinstance(a, Tok) and a.kind == "value"]
+        assert s.op in ("digital", "mvm", "add") and all(a in invariant for a in args[1:])
+        invariant.add(args[0])
+    for s in back.body:  # and nothing left in the loop could have been hoisted
+        args = [str(a)[1:] for a in s.args if isinstance(a, Tok) and a.kind == "value"]
+        if s.op in ("digital", "mvm"):
+            assert not all(a in invariant for a in args[1:]), s.text()
+    assert back.once
     fired = [s for s in back.body if s.op == "fire"]
     assert len(fired) == sum(n.op == "if" for n in g.nodes)
     for lm in m.layers:
@@ -102,6 +113,14 @@ def _rewrite(src: Path, dst: Path, member: str, data: bytes, fix_checksum: bool)
         (lambda t: t.replace("  barrier\n", ""), "", "must end with a barrier"),
         (lambda t: t.replace("hops 1", "hops far", 1), ":", "malformed arguments; expected: send"),
         (lambda t: t.replace("reset subtract", "reset sometimes", 1), ":", "expected: neuron"),
+        (  # a neuron update cannot be hoisted out of the loop
+            lambda t: t.replace(
+                "  }\n  loop timestep {\n    fire %1 %0\n",
+                "    fire %1 %0\n  }\n  loop timestep {\n",
+            ),
+            ":",
+            "only digital, mvm, add may run once",
+        ),
     ],
 )
 def test_hand_edited_program_errors_name_member_and_place(

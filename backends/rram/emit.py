@@ -113,24 +113,25 @@ class _Emitter:
         self.arrays[name] = data
         return Tok("const", "@" + name[1:])
 
-    def instruction(self, n: Node) -> None:
+    def instruction(self, n: Node, out: list[Stmt]) -> None:
+        """Appends ``n``'s instructions to ``out`` (the ``once`` block or the loop)."""
         ins = [_v(v) for v in n.value_operands()]
         lm = self.layer_of.get(n.result)
         if n.op in ("conv2d", "dense") and lm is not None and lm.arrays:
             arrays = [_a(a) for a in lm.arrays]
-            self.p.body.append(Stmt("mvm", [_v(n.result), *ins, *arrays]))
+            out.append(Stmt("mvm", [_v(n.result), *ins, *arrays]))
             if lm.row_blocks > 1:
-                self.p.body.append(Stmt("add", [_v(n.result), *arrays]))
+                out.append(Stmt("add", [_v(n.result), *arrays]))
             if lm.kind == "binary":
                 self.arrays[f"%{n.result}.w"] = pack_signs(self.g, n)
         elif n.op == "if":
             self.neuron(n)
-            self.p.body.append(Stmt("fire", [_v(n.result), *ins]))
-            self.p.body.append(Stmt("send", [_v(n.result), word("hops"), self.hops(n)]))
+            out.append(Stmt("fire", [_v(n.result), *ins]))
+            out.append(Stmt("send", [_v(n.result), word("hops"), self.hops(n)]))
         elif n.op == "readout":
-            self.p.body.append(Stmt("readout", [_v(n.result), *ins]))
+            out.append(Stmt("readout", [_v(n.result), *ins]))
         else:
-            self.p.body.append(Stmt("digital", [_v(n.result), word(n.op), *ins]))
+            out.append(Stmt("digital", [_v(n.result), word(n.op), *ins]))
 
     def tiles_of(self, node: str) -> list[int]:
         lm = self.layer_of.get(node)
@@ -168,11 +169,23 @@ def emit_program(g: Graph, m: Mapping) -> tuple[Program, dict[str, np.ndarray]]:
     """The tile program of ``g`` on mapping ``m``, and its arrays (packed weights, thresholds)."""
     e = _Emitter(g, m)
     e.declarations()
+    # loop-invariant code motion: what depends only on the input and constants runs once
+    invariant = {n.result for n in g.inputs()}
     for n in g.nodes:
-        if n.op != "input":
-            e.instruction(n)
+        if n.op == "input":
+            continue
+        hoist = n.op not in _STATEFUL and all(v in invariant for v in n.value_operands())
+        if hoist:
+            invariant.add(n.result)
+        e.instruction(n, e.p.once if hoist else e.p.body)
     e.p.body.append(Stmt("barrier"))
     return e.p, e.arrays
+
+
+#: operations whose result changes from step to step even on a constant input
+_STATEFUL = ("if", "readout")
+#: what the ``once`` block may hold (no neuron state, no spikes to send)
+_ONCE_OPS = ("digital", "mvm", "add")
 
 
 _BLOCK = ("value", "array", "=rows", "range", "=cols", "range", "=at", "range")
@@ -225,7 +238,8 @@ def _matches(form: tuple[str, ...], args: list[object]) -> bool:
 
 def check_program(p: Program, source: str = "<program>") -> None:
     """Semantic checks: every statement's arguments follow its form, arrays are declared,
-    values are defined before use, the loop ends with a barrier."""
+    values are defined before use, the ``once`` block holds no stateful instruction, the loop
+    ends with a barrier."""
     arrays: set[str] = set()
     defined: set[str] = set()
 
@@ -233,7 +247,7 @@ def check_program(p: Program, source: str = "<program>") -> None:
         at = f"{s.pos[0]}:{s.pos[1]}: " if s.pos else ""
         return BsnncError(f"{source}:{at}{s.op}: {msg}")
 
-    for s in [*p.decls, *p.body]:
+    for s in [*p.decls, *p.once, *p.body]:
         if not any(_matches(f, list(s.args)) for f in _FORMS[s.op]):
             form = " ".join(w.lstrip("=") for w in _FORMS[s.op][0])
             raise fail(s, f"malformed arguments; expected: {s.op} {form}")
@@ -246,7 +260,10 @@ def check_program(p: Program, source: str = "<program>") -> None:
             raise fail(s, f"array {s.args[1]} is not declared")
         elif s.op not in ("array", "block", "neuron"):
             raise fail(s, "only input, array, block and neuron declarations precede the loop")
-    for s in p.body:
+    for s in p.once:
+        if s.op not in _ONCE_OPS:
+            raise fail(s, f"only {', '.join(_ONCE_OPS)} may run once (the rest runs every step)")
+    for s in [*p.once, *p.body]:
         if s.op in ("input", "array", "block", "neuron"):
             raise fail(s, "declarations belong before the loop")
         toks = [a for a in s.args if isinstance(a, Tok)]

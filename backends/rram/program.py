@@ -9,8 +9,10 @@ timesteps rather than unrolled.
       array a0 tile 0 rows 128 cols 64            // an array, the tile it sits on, rows/cols used
       block %2 a0 rows 0:128 cols 0:64 at 0:0     // layer %2's matrix rows/cols → array, offset
       neuron %4 theta @%4.theta unit -20 reset subtract   // integer thresholds Θ·2^unit
-      loop timestep {
+      once {                                      // time-invariant: once per image, then held
         digital %0 conv2d %input                  // a layer computed next to the arrays / host
+      }
+      loop timestep {
         fire %1 %0                                // IF update (thresholds from `neuron %1`)
         send %1 hops 1                            // spike packets to the consumers' tiles
         mvm %2 %1 a0 a1 a2                        // crossbar reads; skipped when no row spiked
@@ -19,6 +21,10 @@ timesteps rather than unrolled.
         barrier                                   // end of the timestep
       }
     }
+
+The ``once`` block holds the loop-invariant instructions — those computed only from the
+network input and constants (the first layer's currents, the same at every step): they run
+once per image and their results are held for all timesteps, as the numpy reference does.
 
 Bit-packed ±1 weights (1 = +1) per binary layer and integer thresholds live beside the text
 in ``program.npz``. The text prints deterministically and ``print(parse(text)) == text``.
@@ -72,12 +78,14 @@ class Stmt:
 
 @dataclass
 class Program:
-    """Declarations (arrays, blocks, neurons) and the per-timestep instruction loop."""
+    """Declarations (arrays, blocks, neurons), the loop-invariant instructions run once per
+    image, and the per-timestep instruction loop."""
 
     name: str
     hw: str
     decls: list[Stmt] = field(default_factory=list)
     body: list[Stmt] = field(default_factory=list)
+    once: list[Stmt] = field(default_factory=list)
 
 
 def _fmt(a: Arg | Tok) -> str:
@@ -94,6 +102,10 @@ def print_program(p: Program) -> str:
     """The program as text (ends with a newline)."""
     lines = [HEADER, f"program @{p.name} hw {json.dumps(p.hw)} {{"]
     lines += [f"  {s.text()}" for s in p.decls]
+    if p.once:
+        lines.append("  once {")
+        lines += [f"    {s.text()}" for s in p.once]
+        lines.append("  }")
     lines.append("  loop timestep {")
     lines += [f"    {s.text()}" for s in p.body]
     lines += ["  }", "}"]
@@ -143,6 +155,8 @@ def parse_program(text: str, source: str = "<program>") -> Program:
         assert isinstance(child, Tree)
         if child.data == "stmt":
             p.decls.append(_stmt(child))
+        elif child.data == "once":
+            p.once = [_stmt(s) for s in child.children if isinstance(s, Tree)]
         else:
             p.body = [_stmt(s) for s in child.children if isinstance(s, Tree)]
     return p
