@@ -19,6 +19,7 @@ from bsnnc.backends.rram.energy import (
     energy_report,
     load_energy,
 )
+from bsnnc.backends.rram.hw import HwConfig, load_hw
 from bsnnc.compiler.console import emit_json, err, positive_int, size_arg
 from bsnnc.compiler.options import check_images
 from bsnnc.ir.errors import BsnncError
@@ -95,6 +96,13 @@ def add_parser(sub: Any) -> None:
         "--seed", type=int, default=0, help="seed of the non-idealities (default: %(default)s)"
     )
     p.add_argument(
+        "--hw",
+        metavar="PRESET|FILE",
+        help="hardware configuration for --backend rram (default: the one the artifact was "
+        "compiled for); its array geometry must match the artifact's — clock, ADC, row-drive "
+        "limit, NoC latency and energy table may differ",
+    )
+    p.add_argument(
         "--energy",
         metavar="SET|FILE",
         help=f"per-event energy table for --backend rram: {', '.join(ENERGY_SETS)} or a JSON "
@@ -134,6 +142,7 @@ def _spiking_graph(path: Path) -> Graph:
 def run(args: argparse.Namespace) -> int:
     """Run ``simulate``; returns the exit code."""
     nonideal = _nonideal(args)
+    hw = _hw(args)
     art = read_artifact(args.artifact)
     g = _spiking_graph(args.artifact)
     images = check_images(_images(args, art.meta), g, "--images")
@@ -151,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     ) as bar:
         task = bar.add_task("", total=len(images))
         sim = (
-            TileSimulator(art, str(args.artifact), nonideal=nonideal)
+            TileSimulator(art, str(args.artifact), hw, nonideal=nonideal)
             if args.backend == "rram"
             else None
         )
@@ -187,6 +196,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print(out)
     return 0
+
+
+def _hw(args: argparse.Namespace) -> HwConfig | None:
+    if args.hw is None:
+        return None
+    if args.backend != "rram":
+        raise BsnncError("--hw needs --backend rram")
+    return load_hw(args.hw)
 
 
 def _nonideal(args: argparse.Namespace) -> NonIdeal:

@@ -21,6 +21,8 @@ spike packets × hops. Cycles per timestep of a layer = the busiest array's issu
 ⌈block rows / max_rows_driven⌉ × (columns_per_adc + 1) (row drive, then the multiplexed
 conversions); the layers form a pipeline
 over timesteps, bounded below by Σ_t max_l and above by Σ_t Σ_l of the per-layer cycles.
+A ``send`` with hops > 0 is a stage of its own: hops × ``noc_hop_cycles`` in every step
+that sends a spike (latency; links are not modelled as a bandwidth limit).
 Events are kept per image and timestep while a chunk runs, so that with early exit each image
 contributes only the steps before its exit (``Counters.absorb``).
 """
@@ -39,7 +41,7 @@ from bsnnc.backends.rram.emit import load_program
 from bsnnc.backends.rram.hw import HwConfig, load_hw
 from bsnnc.backends.rram.mapping import FP_BITS
 from bsnnc.backends.rram.program import Program, Stmt, Tok
-from bsnnc.ir.errors import ArtifactError
+from bsnnc.ir.errors import ArtifactError, BsnncError
 from bsnnc.ir.graph import Graph, Node, attr_ints
 from bsnnc.ir.io import read_npz
 from bsnnc.runtime.ann import last_uses
@@ -215,6 +217,22 @@ def _artifact_hw(art: Artifact) -> HwConfig | None:
         return None
 
 
+#: what the mapping and the program were built for: a simulation must use the same
+GEOMETRY = ("rows", "columns", "rows_per_input", "reference_columns", "arrays_per_tile")
+
+
+def check_geometry(hw: HwConfig, compiled: HwConfig, path: str) -> None:
+    """A hardware configuration given at simulation time may change the periphery (clock,
+    ADC, row-drive limit, NoC latency, energy table) but not what the mapping depends on."""
+    for key in GEOMETRY:
+        want, got = getattr(compiled, key), getattr(hw, key)
+        if want != got:
+            raise BsnncError(
+                f"--hw {hw.name}: {key} = {got}, but {path} was compiled for {key} = {want} "
+                f"({compiled.name}); recompile with --hw {hw.name}"
+            )
+
+
 class TileSimulator:
     """Runs an artifact's tile program (see the module docstring)."""
 
@@ -224,7 +242,10 @@ class TileSimulator:
         self.nonideal = nonideal or NonIdeal()
         self.g: Graph = art.graph
         self.program: Program = load_program(path, art.extra)
-        self.hw = hw or _artifact_hw(art) or load_hw(self.program.hw)
+        compiled = _artifact_hw(art)
+        if hw is not None and compiled is not None:
+            check_geometry(hw, compiled, path)
+        self.hw = hw or compiled or load_hw(self.program.hw)
         try:
             self.arrays = read_npz(io.BytesIO(art.extra["program.npz"]))
         except KeyError:
@@ -423,6 +444,8 @@ class TileSimulator:
         per_step = spikes.reshape(spikes.shape[0], spikes.shape[1], -1).sum(axis=2, dtype=np.int64)
         ev.add("spike_packets", per_step)
         ev.add("packet_hops", per_step * hops)
+        if hops:  # a pipeline stage of its own: the packets' latency across the mesh
+            ev.add_busy((f"{layer}.send", 0, 0), (per_step > 0) * hops * self.hw.noc_hop_cycles)
 
 
 def input_planes(x: np.ndarray, bits: int = FP_BITS) -> list[np.ndarray]:

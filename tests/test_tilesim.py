@@ -11,6 +11,7 @@ import pytest
 from zoo import ZOO
 
 from bsnnc.backends.rram.energy import ENERGY_SETS, EVENTS, load_energy
+from bsnnc.backends.rram.mapping import accumulator_bits
 from bsnnc.compiler.cli import main
 from bsnnc.ir.errors import BsnncError
 from bsnnc.runtime.artifact import read_artifact
@@ -451,3 +452,76 @@ def test_bitsliced_layers_count_their_reads(tmp_path: Path) -> None:
     assert c.conversions.sum() > c_plain.conversions.sum()
     assert set(cycles(c, 10)) == set(cycles(c_plain, 10))
     assert cycles(c, 10)["cycles"] > cycles(c_plain, 10)["cycles"]
+
+
+def test_noc_latency_is_a_pipeline_stage(tmp_path: Path) -> None:
+    """A send over h > 0 hops takes h × noc_hop_cycles in every step (and image) in which its
+    layer spikes; sends within a tile take none."""
+    hw = tmp_path / "slow_noc.json"
+    hw.write_text(json.dumps({"name": "slow-noc", "noc_hop_cycles": 40}))
+    path = compile_to(tmp_path, ["digits", "--hw", str(hw)])
+    images = load_images("digits", limit=20)
+    T = 12
+    art = read_artifact(path)
+    sim = TileSimulator(art, str(path))
+    c = Counters.zeros(T)
+    chunks = run_chunks(art.graph, images, T, 7, None, runner=lambda x, t: sim.run(x, t, c))
+    sends = {str(s.args[0])[1:]: int(s.args[2]) for s in sim.program.body if s.op == "send"}  # type: ignore[call-overload]
+    assert any(h > 0 for h in sends.values()) and any(h == 0 for h in sends.values())
+    for layer, hops in sends.items():
+        stage = c.layer_cycles.get(f"{layer}.send")
+        if hops == 0:
+            assert stage is None
+            continue
+        spiking = (np.concatenate(chunks.spikes[layer], axis=1) > 0).sum(axis=1)  # [T]
+        np.testing.assert_array_equal(stage, spiking * hops * 40)
+    fast = tmp_path / "fast"
+    fast.mkdir()
+    plain = TileSimulator(read_artifact(p := compile_to(fast, ["digits"])), str(p))
+    c1 = Counters.zeros(T)
+    run_chunks(art.graph, images, T, 7, None, runner=lambda x, t: plain.run(x, t, c1))
+    assert cycles(c, 20)["cycles_upper_bound"] > cycles(c1, 20)["cycles_upper_bound"]
+
+
+def test_simulate_hw_may_change_the_periphery_not_the_geometry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = compile_to(tmp_path, ["digits"])
+    slow = tmp_path / "slow.toml"
+    slow.write_text('name = "slow"\nclock_hz = 100000000\nmax_rows_driven = 32\n')
+    common = [str(path), "--backend", "rram", "--limit", "10", "-T", "8", "--json"]
+    capsys.readouterr()
+    assert main(["simulate", *common]) == 0
+    base = json.loads(capsys.readouterr().out)
+    assert main(["simulate", *common, "--hw", str(slow)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["hw"] == "slow" and out["spike_digest"] == base["spike_digest"]
+    assert out["cycles"] > base["cycles"]  # 4 read phases per full block
+    assert out["latency_s"] == pytest.approx(out["cycles"] / 1e8)
+    assert main(["simulate", *common, "--hw", "rram-256"]) == 2
+    err = capsys.readouterr().err
+    assert "rows = 256" in err and "compiled for rows = 128" in err and "recompile" in err
+    assert main(["simulate", str(path), "--limit", "4", "-T", "2", "--hw", "rram-128"]) == 2
+    assert "--hw needs --backend rram" in capsys.readouterr().err
+
+
+def test_accumulator_width_is_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # |Σ| of K = 576 spike × ±1 products ≤ 576 → 11 bits with the sign; 27 products of 8-bit
+    # inputs and 8-bit weights ≤ 27·255·128 = 881,280 → 21 bits
+    assert accumulator_bits(576, 1, 1) == 11 and accumulator_bits(27, 8, 8) == 21
+    assert accumulator_bits(1, 1, 1) == 2
+    narrow = tmp_path / "narrow.json"
+    narrow.write_text(json.dumps({"name": "narrow", "accumulator_bits": 10}))
+    capsys.readouterr()
+    assert main(["compile", "digits", "-o", str(tmp_path / "n.tiles"), "--hw", str(narrow)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "/conv3/Conv" in err
+        and "need 11-bit accumulators" in err
+        and "accumulator_bits = 10" in err
+    )
+    assert not (tmp_path / "n.tiles").exists()
+    assert main(["compile", "digits", "-o", str(tmp_path / "ok.tiles"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    mapping = report.get("mapping", report)
+    assert mapping["accumulator_bits_needed"] == 11

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from bsnnc.backends.rram.hw import HwConfig
+from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Graph, Node
 from bsnnc.ir.types import Kind
 
@@ -74,6 +75,7 @@ class LayerMap:
     arrays: list[int] = field(default_factory=list)
     positions: int = 1  # output positions per image and timestep (oH·oW; 1 for dense)
     copies: int = 1  # duplicates that share the positions (pipeline balancing)
+    acc_bits: int = 0  # accumulator width its partial sums need (see ``accumulator_bits``)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -105,6 +107,7 @@ class Mapping:
             "arrays_bound_global": math.ceil(data / (hw.rows * hw.columns)) if data else 0,
             "utilization": data / cells if cells else 0.0,
             "utilization_physical": data / phys if phys else 0.0,
+            "accumulator_bits_needed": max((lm.acc_bits for lm in self.layers), default=0),
             "packed": self.packed,
             "fp_layers": self.fp_layers,
             "layers": [lm.as_dict() for lm in self.layers],
@@ -147,6 +150,29 @@ def layer_map(
         n.result, n.loc or "", kind, k, nn, rho if binary else 1, rows, cols, rb, cb, rb * cb
     )
     return lm, blocks
+
+
+def accumulator_bits(k: int, in_bits: int, w_bits: int) -> int:
+    """Signed width of a sum of ``k`` products of ``in_bits``-bit unsigned inputs and
+    ``w_bits``-bit signed weights: |Σ| ≤ k·(2^in − 1)·2^(w−1), plus a sign bit. Binary
+    layers (0/1 spikes × ±1): k.bit_length() + 1."""
+    largest: int = k * (2**in_bits - 1) * 2 ** (w_bits - 1)
+    return largest.bit_length() + 1
+
+
+def _check_accumulators(g: Graph, n: Node, lm: LayerMap, hw: HwConfig) -> None:
+    """Sets ``lm.acc_bits`` and fails when the hardware's accumulators are narrower."""
+    if lm.kind == "digital":
+        return
+    spikes = g.node_map()[n.value_operands()[0]].type.kind == Kind.SPIKE
+    in_bits = 1 if spikes else FP_BITS
+    lm.acc_bits = accumulator_bits(lm.K, in_bits, 1 if lm.kind == "binary" else FP_BITS)
+    if lm.acc_bits > hw.accumulator_bits:
+        raise BsnncError(
+            f"layer {n.loc or '%' + n.result}: its partial sums need {lm.acc_bits}-bit "
+            f"accumulators (K = {lm.K}, {in_bits}-bit inputs), but {hw.name} has "
+            f"accumulator_bits = {hw.accumulator_bits}"
+        )
 
 
 def pack(blocks: list[Block], hw: HwConfig, enabled: bool) -> int:
@@ -211,6 +237,7 @@ def partition(
     for n in g.nodes:
         if n.op in ("conv2d", "dense"):
             lm, bl = layer_map(g, n, hw, fp_layers, rho)
+            _check_accumulators(g, n, lm, hw)
             lm.positions = (
                 int(np.prod([int(d or 1) for d in n.type.shape[2:]])) if n.op == "conv2d" else 1
             )
