@@ -160,10 +160,14 @@ def run(args: argparse.Namespace) -> int:
     ) as bar:
         task = bar.add_task("", total=len(images))
         sim = (
-            TileSimulator(art, str(args.artifact), hw, nonideal=nonideal)
+            TileSimulator(art, str(args.artifact), hw, nonideal=nonideal, hw_spec=args.hw)
             if args.backend == "rram"
             else None
         )
+        energy = None
+        if sim is not None:  # a bad table fails now, not after the simulation
+            origin = "--energy" if args.energy else f"energy table of hardware {sim.hw.name}:"
+            energy = load_energy(args.energy or sim.hw.energy, origin)
         counters = Counters.zeros(T)
         runner = None if sim is None else (lambda x, t: sim.run(x, t, counters, args.early_exit))
         chunks = run_chunks(
@@ -183,12 +187,8 @@ def run(args: argparse.Namespace) -> int:
             "reset": art.meta.get("conversion", {}).get("reset"),
         }
     )
-    if sim is not None:
-        out.update(
-            rram_report(
-                sim, counters, len(images), art.extra, load_energy(args.energy or sim.hw.energy)
-            )
-        )
+    if sim is not None and energy is not None:
+        out.update(rram_report(sim, counters, len(images), art.extra, energy))
     if args.plot is not None:
         plot_curve(args.plot, out)
     if args.json:

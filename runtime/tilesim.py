@@ -44,6 +44,7 @@ from bsnnc.backends.rram.program import Program, Stmt, Tok
 from bsnnc.ir.errors import ArtifactError, BsnncError
 from bsnnc.ir.graph import Graph, Node, attr_ints
 from bsnnc.ir.io import read_npz
+from bsnnc.ir.types import Kind
 from bsnnc.runtime.ann import last_uses
 from bsnnc.runtime.artifact import Artifact
 from bsnnc.runtime.intkernels import BlockedSpikeMatMul
@@ -205,14 +206,20 @@ def _as_int(a: object) -> int:
     return a
 
 
+def _mapping(art: Artifact) -> dict[str, Any]:
+    """The artifact's mapping.json (empty when absent or unreadable)."""
+    try:
+        data = json.loads(art.extra["mapping.json"])
+    except (KeyError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _artifact_hw(art: Artifact) -> HwConfig | None:
     """The hardware configuration recorded at compile time (mapping.json), if any — so an
     artifact compiled with a custom ``--hw FILE`` simulates without that file."""
-    if "mapping.json" not in art.extra:
-        return None
     try:
-        cfg = json.loads(art.extra["mapping.json"])["hw_config"]
-        return HwConfig(**cfg)
+        return HwConfig(**_mapping(art)["hw_config"])
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -221,31 +228,65 @@ def _artifact_hw(art: Artifact) -> HwConfig | None:
 GEOMETRY = ("rows", "columns", "rows_per_input", "reference_columns", "arrays_per_tile")
 
 
-def check_geometry(hw: HwConfig, compiled: HwConfig, path: str) -> None:
-    """A hardware configuration given at simulation time may change the periphery (clock,
-    ADC, row-drive limit, NoC latency, energy table) but not what the mapping depends on."""
-    for key in GEOMETRY:
+def check_hw(hw: HwConfig, art: Artifact, path: str, spec: str) -> None:
+    """A hardware configuration given at simulation time (``--hw spec``) may change the
+    periphery (clock, ADC, row-drive limit, NoC latency, energy table) but not what the
+    mapping depends on, and its accumulators must hold the partial sums."""
+    compiled = _artifact_hw(art)
+    for key in GEOMETRY if compiled is not None else ():
         want, got = getattr(compiled, key), getattr(hw, key)
         if want != got:
             raise BsnncError(
-                f"--hw {hw.name}: {key} = {got}, but {path} was compiled for {key} = {want} "
-                f"({compiled.name}); recompile with --hw {hw.name}"
+                f"--hw {spec}: {key} = {got}, but {path} was compiled for {key} = {want}; "
+                f"recompile with --hw {spec}"
             )
+    needed = _mapping(art).get("accumulator_bits_needed", 0)
+    if isinstance(needed, int) and needed > hw.accumulator_bits:
+        raise BsnncError(
+            f"--hw {spec}: accumulator_bits = {hw.accumulator_bits}, but the partial sums of "
+            f"{path} need {needed} bits"
+        )
+
+
+_OPS_OF = {"fire": ("if",), "readout": ("readout",), "mvm": ("conv2d", "dense")}
+
+
+def _check_against_graph(p: Program, g: Graph, source: str) -> None:
+    """Every instruction that computes a value names a node of graph.ir with that operation
+    and those operands (the simulator takes shapes and constants from the graph)."""
+    nodes = g.node_map()
+    for s in [*p.once, *p.body]:
+        if s.op not in ("mvm", "fire", "readout", "digital"):
+            continue
+        values = [str(a)[1:] for a in s.args if isinstance(a, Tok) and a.kind == "value"]
+        at = f"{source}:{s.pos[0]}:{s.pos[1]}: {s.op}" if s.pos else f"{source}: {s.op}"
+        n = nodes.get(values[0])
+        if n is None:
+            raise BsnncError(f"{at}: %{values[0]} is not a value of graph.ir")
+        ops = _OPS_OF.get(s.op, (str(s.args[1]),))
+        if n.op not in ops or values[1:] != n.value_operands():
+            want = " ".join(f"%{v}" for v in n.value_operands())
+            raise BsnncError(f"{at}: graph.ir computes %{n.result} as {n.op} of {want}")
 
 
 class TileSimulator:
     """Runs an artifact's tile program (see the module docstring)."""
 
     def __init__(
-        self, art: Artifact, path: str, hw: HwConfig | None = None, nonideal: NonIdeal | None = None
+        self,
+        art: Artifact,
+        path: str,
+        hw: HwConfig | None = None,
+        nonideal: NonIdeal | None = None,
+        hw_spec: str | None = None,
     ) -> None:
         self.nonideal = nonideal or NonIdeal()
         self.g: Graph = art.graph
         self.program: Program = load_program(path, art.extra)
-        compiled = _artifact_hw(art)
-        if hw is not None and compiled is not None:
-            check_geometry(hw, compiled, path)
-        self.hw = hw or compiled or load_hw(self.program.hw)
+        _check_against_graph(self.program, self.g, f"{path}[program.txt]")
+        if hw is not None:
+            check_hw(hw, art, path, hw_spec or hw.name)
+        self.hw = hw or _artifact_hw(art) or load_hw(self.program.hw)
         try:
             self.arrays = read_npz(io.BytesIO(art.extra["program.npz"]))
         except KeyError:
@@ -254,6 +295,8 @@ class TileSimulator:
         self.blocks: dict[str, list[tuple[int, int, int, int, int]]] = {}
         self.copies: dict[str, int] = {}
         self.thresholds: dict[str, tuple[np.ndarray | float, str]] = {}
+        #: bit-sliced layers: input planes per read (1 for spikes, 2·b for real inputs)
+        self.planes: dict[str, int] = {}
         for s in self.program.decls:
             self._declare(s)
         self.weights = {k[1:-2]: self._unpack(k) for k in self.arrays if k.endswith(".w")}
@@ -382,7 +425,10 @@ class TileSimulator:
         reference kernel, so the outputs stay bit-exact."""
         steps = 1 if s.static else T
         flat = s.data if s.static else s.data.reshape(T * s.data.shape[1], *s.data.shape[2:])
-        for plane in input_planes(flat):
+        spikes = self.nodes[n.value_operands()[0]].type.kind == Kind.SPIKE
+        planes = input_planes(flat, spikes)
+        self.planes[n.result] = len(planes)  # each plane's row-block sums are added (``add``)
+        for plane in planes:
             cols, positions = self._cols(n, plane)
             for j, (r0, r1) in enumerate(self._row_bounds(n.result)):
                 driven = cols[:, r0:r1].sum(axis=1, dtype=np.int64)
@@ -435,7 +481,8 @@ class TileSimulator:
         """Partial sums of the row blocks, added per output neuron (and timestep)."""
         layer = str(s.args[0])[1:]
         blocks = len(self._row_bounds(layer)) if layer in self.blocks else 1
-        ev.add("psum_adds", (blocks - 1) * self.nodes[layer].type.numel_per_sample())
+        per_read = (blocks - 1) * self.nodes[layer].type.numel_per_sample()
+        ev.add("psum_adds", per_read * self.planes.get(layer, 1))
 
     def _count_send(self, s: Stmt, env: dict[str, Value], ev: Events) -> None:
         layer = str(s.args[0])[1:]
@@ -448,15 +495,15 @@ class TileSimulator:
             ev.add_busy((f"{layer}.send", 0, 0), (per_step > 0) * hops * self.hw.noc_hop_cycles)
 
 
-def input_planes(x: np.ndarray, bits: int = FP_BITS) -> list[np.ndarray]:
+def input_planes(x: np.ndarray, spikes: bool, bits: int = FP_BITS) -> list[np.ndarray]:
     """The bit planes a layer's input is applied as, each 0/1 uint8 shaped like ``x``.
 
-    0/1 inputs (spikes, or a flatten of them) are one plane. Other inputs are applied
+    Spike inputs (the IR type says so) are one plane. Other inputs are applied
     bit-serially: per image, q = round(|x| / max|x| · (2^b − 1)) with b = ``bits``, one
     plane per bit of q and per sign (positive inputs, then negative inputs in a second
     phase): 2b planes, a position whose window has no set bit in a plane skips that read.
     """
-    if x.size == 0 or bool(np.all((x == 0) | (x == 1))):
+    if spikes:
         return [np.ascontiguousarray(x, np.uint8)]
     n = x.shape[0]
     mag = np.abs(x.reshape(n, -1)).astype(np.float64)

@@ -113,6 +113,20 @@ def _rewrite(src: Path, dst: Path, member: str, data: bytes, fix_checksum: bool)
         (lambda t: t.replace("  barrier\n", ""), "", "must end with a barrier"),
         (lambda t: t.replace("hops 1", "hops far", 1), ":", "malformed arguments; expected: send"),
         (lambda t: t.replace("reset subtract", "reset sometimes", 1), ":", "expected: neuron"),
+        (  # partial sums belong beside their mvm
+            lambda t: t.replace("    add %2 a2 a3 a8\n", "").replace(
+                "  }\n  loop timestep", "    add %2 a2 a3 a8\n  }\n  loop timestep"
+            ),
+            ":",
+            "%2 is not the result of a mvm earlier in this block",
+        ),
+        (lambda t: t.replace("send %1 hops 0", "send %0 hops 0"), ":", "not the result of a fire"),
+        (lambda t: t.replace("send %1 hops 0", "send %99 hops 0"), ":", "%99 is not the result"),
+        (
+            lambda t: t.replace("    fire %1 %0\n", "    fire %1 %0\n" * 2),
+            ":",
+            "%1 is defined twice",
+        ),
         (  # a neuron update cannot be hoisted out of the loop
             lambda t: t.replace(
                 "  }\n  loop timestep {\n    fire %1 %0\n",
@@ -168,3 +182,30 @@ def test_compile_dump_program_equals_the_artifact_member(
     assert main(["compile", "digits", "--dump-program", "--dump-ir"]) == 2
     assert main(["compile", "digits", "--pipeline", "cleanup", "--dump-program"]) == 2
     assert "needs the partition-to-tiles pass" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("digital %3 avgpool %2", "digital %3 maxpool %2", "computes %3 as avgpool of %2"),
+        ("fire %4 %3", "fire %4 %2", "computes %4 as if of %3"),
+        ("readout %13 %12", "readout %77 %12", "%77 is not a value of graph.ir"),
+    ],
+)
+def test_program_must_agree_with_the_graph(
+    old: str, new: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The simulator takes shapes and constants from graph.ir: an instruction computing
+    something else than the graph says is an error at its line, not a silent mismatch."""
+    good = tmp_path / "d.tiles"
+    assert main(["compile", "digits", "-o", str(good), "--pack"]) == 0
+    with zipfile.ZipFile(good) as z:
+        text = z.read("program.txt").decode()
+    assert old in text
+    bad = tmp_path / "bad.tiles"
+    _rewrite(good, bad, "program.txt", text.replace(old, new).encode(), fix_checksum=True)
+    capsys.readouterr()
+    args = ["simulate", str(bad), "--backend", "rram", "--limit", "2", "-T", "2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}[program.txt]:" in err and message in err and "Traceback" not in err

@@ -4,6 +4,7 @@ bit; its event counters obey their definitions."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -275,6 +276,42 @@ def test_energy_is_counts_times_table(tmp_path: Path, capsys: pytest.CaptureFixt
     assert neurram["events"]["cell_read_pj"]["value"] is None  # not given: reported missing
 
 
+@pytest.mark.parametrize(
+    ("events", "extra", "message"),
+    [
+        ({"cell_read_pj": {"value": "0.1", "source": "s"}}, {}, "not a non-negative number"),
+        ({"row_drive_pj": {"value": -1.0, "source": "s"}}, {}, "not a non-negative number"),
+        ({"adc_conversion_pj": {"value": {"x": 1.0}, "source": "s"}}, {}, "not a bit count"),
+        ({}, {"packet_bits": "many"}, "packet_bits must be a positive integer"),
+    ],
+)
+def test_energy_values_are_checked(
+    events: dict,
+    extra: dict,
+    message: str,
+    tmp_path: Path,  # type: ignore[type-arg]
+) -> None:
+    p = tmp_path / "e.json"
+    p.write_text(json.dumps({"base": "isaac-32nm", "events": events, **extra}))
+    with pytest.raises(BsnncError, match=message):
+        load_energy(str(p))
+
+
+def test_bad_energy_table_fails_before_simulating(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = compile_to(tmp_path, ["digits"])
+    hw = tmp_path / "hw.json"
+    hw.write_text(json.dumps({"name": "mine", "energy": "isaac-7nm"}))
+    capsys.readouterr()
+    args = ["simulate", str(path), "--backend", "rram", "--limit", "4", "-T", "4"]
+    assert main([*args, "--hw", str(hw)]) == 2
+    err = capsys.readouterr().err
+    assert "energy table of hardware mine: isaac-7nm: no such file or set" in err
+    assert main([*args, "--energy", "nope"]) == 2
+    assert "--energy nope: no such file or set" in capsys.readouterr().err
+
+
 def test_energy_table_with_a_base(tmp_path: Path) -> None:
     p = tmp_path / "mine.json"
     mine = {"value": 0.5, "source": "my measurement"}
@@ -285,6 +322,10 @@ def test_energy_table_with_a_base(tmp_path: Path) -> None:
     isaac = load_energy("isaac-32nm")
     assert table["events"]["cell_read_pj"] == mine
     assert table["events"]["adc_conversion_pj"] == isaac["events"]["adc_conversion_pj"]
+    p.write_text(json.dumps({"name": "same", "base": "neurosim-cell"}))  # inherits everything
+    same = load_energy(str(p))
+    assert same["events"] == load_energy("neurosim-cell")["events"]
+    assert same["packet_bits"] == isaac["packet_bits"]
     p.write_text(json.dumps({"base": "isaac-64nm", "events": {}}))
     with pytest.raises(BsnncError, match="'base' must be one of"):
         load_energy(str(p))
@@ -394,7 +435,7 @@ def test_input_planes_reconstruct_the_quantized_input() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3, 2, 5, 5)).astype(np.float32)
     x[1] = 0.0  # an all-zero image sets no bit in any plane
-    planes = input_planes(x, bits=8)
+    planes = input_planes(x, spikes=False, bits=8)
     assert all(p.dtype == np.uint8 and set(np.unique(p)) <= {0, 1} for p in planes)
     # 8 bit planes of the positive inputs, then 8 of the negative ones
     assert len(planes) == 16
@@ -406,7 +447,9 @@ def test_input_planes_reconstruct_the_quantized_input() -> None:
     np.testing.assert_array_equal(value, expect)
     assert not any(p[1].any() for p in planes)
     spikes = (rng.random((4, 6)) < 0.3).astype(np.float32)
-    (only,) = input_planes(spikes)
+    (only,) = input_planes(spikes, spikes=True)
+    # a real-valued input is bit-serial even when some of its images happen to be 0/1
+    assert len(input_planes(spikes, spikes=False)) == 16
     np.testing.assert_array_equal(only, spikes)
 
 
@@ -503,6 +546,19 @@ def test_simulate_hw_may_change_the_periphery_not_the_geometry(
     assert "rows = 256" in err and "compiled for rows = 128" in err and "recompile" in err
     assert main(["simulate", str(path), "--limit", "4", "-T", "2", "--hw", "rram-128"]) == 2
     assert "--hw needs --backend rram" in capsys.readouterr().err
+    narrow = tmp_path / "narrow.json"
+    narrow.write_text(json.dumps({"name": "narrow", "accumulator_bits": 4}))
+    assert main(["simulate", *common, "--hw", str(narrow)]) == 2
+    assert "accumulator_bits = 4, but the partial sums" in capsys.readouterr().err
+    for bad, message in (
+        ([1, 2], "expected an object of settings, got list"),
+        ({"columns_per_adc": 1000}, "columns_per_adc must not exceed columns"),
+        ({"name": 7}, "name must be a non-empty string"),
+        ({"rows": True}, "rows must be a positive integer"),
+    ):
+        narrow.write_text(json.dumps(bad))
+        assert main(["simulate", *common, "--hw", str(narrow)]) == 2
+        assert message in capsys.readouterr().err, message
 
 
 def test_accumulator_width_is_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -525,3 +581,23 @@ def test_accumulator_width_is_checked(tmp_path: Path, capsys: pytest.CaptureFixt
     report = json.loads(capsys.readouterr().out)
     mapping = report.get("mapping", report)
     assert mapping["accumulator_bits_needed"] == 11
+
+
+def test_bitsliced_counts_do_not_depend_on_chunking(zoo_data: Path, tmp_path: Path) -> None:
+    """Whether an input is applied bit-serially follows its IR type, not the values of the
+    images that happen to share a chunk."""
+    path = compile_to(
+        tmp_path,
+        [str(zoo_data / "avg_after_relu.onnx"), "--calib", str(zoo_data / "avg_after_relu.npz"),
+         "--fp-layers", "bitsliced"],
+    )  # fmt: skip
+    data = np.load(zoo_data / "avg_after_relu.npz")
+    images = Images("a", data["x"][:8], data["y"][:8])
+    art = read_artifact(path)
+    sim = TileSimulator(art, str(path))
+    counts = []
+    for size in (1, 3, 8):
+        c = Counters.zeros(6)
+        run_chunks(art.graph, images, 6, size, None, runner=partial(sim.run, counters=c))
+        counts.append({k: getattr(c, k).tolist() for k in PER_IMAGE})
+    assert counts[0] == counts[1] == counts[2]

@@ -9,6 +9,7 @@ is not (a hand-edited IR) is kept as a float.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -263,21 +264,44 @@ def check_program(p: Program, source: str = "<program>") -> None:
     for s in p.once:
         if s.op not in _ONCE_OPS:
             raise fail(s, f"only {', '.join(_ONCE_OPS)} may run once (the rest runs every step)")
-    for s in [*p.once, *p.body]:
-        if s.op in ("input", "array", "block", "neuron"):
-            raise fail(s, "declarations belong before the loop")
-        toks = [a for a in s.args if isinstance(a, Tok)]
-        for t in toks:
-            if t.kind == "array" and str(t) not in arrays:
-                raise fail(s, f"array {t} is not declared")
-        values = [str(t) for t in toks if t.kind == "value"]
-        if s.op in ("mvm", "fire", "readout", "digital"):
-            for v in values[1:]:
-                if v not in defined:
-                    raise fail(s, f"{v} is used before it is defined")
-            defined.add(values[0])
+    producer: dict[str, str] = dict.fromkeys(defined, "input")
+    for block in (p.once, p.body):
+        here: set[str] = set()  # values defined in this block (add/send refer to these)
+        for s in block:
+            _check_instruction(s, arrays, producer, here, fail)
     if not p.body or p.body[-1].op != "barrier":
         raise BsnncError(f"{source}: the timestep loop must end with a barrier")
+
+
+def _check_instruction(
+    s: Stmt,
+    arrays: set[str],
+    producer: dict[str, str],
+    here: set[str],
+    fail: Callable[[Stmt, str], BsnncError],
+) -> None:
+    """One instruction of ``once`` or the loop: declared arrays, values defined once and
+    before use; ``add`` follows its layer's ``mvm`` and ``send`` its ``fire`` in the same
+    block."""
+    if s.op in ("input", "array", "block", "neuron"):
+        raise fail(s, "declarations belong before the loop")
+    toks = [a for a in s.args if isinstance(a, Tok)]
+    for t in toks:
+        if t.kind == "array" and str(t) not in arrays:
+            raise fail(s, f"array {t} is not declared")
+    values = [str(t) for t in toks if t.kind == "value"]
+    if s.op in ("mvm", "fire", "readout", "digital"):
+        for v in values[1:]:
+            if v not in producer:
+                raise fail(s, f"{v} is used before it is defined")
+        if values[0] in producer:
+            raise fail(s, f"{values[0]} is defined twice")
+        producer[values[0]] = s.op
+        here.add(values[0])
+    elif s.op in ("add", "send"):
+        want = "mvm" if s.op == "add" else "fire"
+        if values[0] not in here or producer[values[0]] != want:
+            raise fail(s, f"{values[0]} is not the result of a {want} earlier in this block")
 
 
 def load_program(path: str, members: dict[str, bytes]) -> Program:

@@ -37,25 +37,39 @@ EVENTS = (
 )
 
 
-def load_energy(spec: str = DEFAULT_ENERGY, _depth: int = 0) -> dict[str, Any]:
-    """A shipped set's name or a JSON file → the table (checked; a ``base`` set's events
-    are inherited, each event keeping its own source)."""
-    text, where = _read_table(spec)
+def load_energy(spec: str = DEFAULT_ENERGY, origin: str = "--energy") -> dict[str, Any]:
+    """A shipped set's name or a JSON file → the table (checked; a ``base`` set's events and
+    packet size are inherited, each event keeping its own source). ``origin`` names where
+    the spec came from in errors."""
+    return _load(spec, origin, 0)
+
+
+def _load(spec: str, origin: str, depth: int) -> dict[str, Any]:
+    text, where = _read_table(spec, origin)
     try:
-        table: dict[str, Any] = json.loads(text)
+        table: Any = json.loads(text)
     except json.JSONDecodeError as e:
         raise BsnncError(f"{where}: not valid JSON ({e})") from None
     if not isinstance(table, dict):
         raise BsnncError(f"{where}: expected a JSON object with 'events'")
-    events = table.get("events")
     base = table.get("base")
     if base is not None:
-        if base not in ENERGY_SETS or _depth > len(ENERGY_SETS):
+        if base not in ENERGY_SETS or depth > len(ENERGY_SETS):
             raise BsnncError(f"{where}: 'base' must be one of {', '.join(ENERGY_SETS)}")
-        inherited = load_energy(base, _depth + 1)["events"]
+        inherited = _load(base, origin, depth + 1)
+        events = table.get("events", {})
         if not isinstance(events, dict) or not set(events) <= set(EVENTS):
             raise BsnncError(f"{where}: 'events' may only give {', '.join(EVENTS)}")
-        events = table["events"] = {**inherited, **events}
+        table["events"] = {**inherited["events"], **events}
+        table.setdefault("packet_bits", inherited.get("packet_bits", 16))
+    _check(table, where)
+    return table
+
+
+def _check(table: dict[str, Any], where: str) -> None:
+    """Every event has a source and a value that is null, a non-negative number, or (the ADC)
+    numbers by resolution in bits; ``packet_bits`` is a positive integer."""
+    events = table.get("events")
     if not isinstance(events, dict) or set(events) != set(EVENTS):
         raise BsnncError(
             f"{where}: 'events' must give exactly {', '.join(EVENTS)} (null when unknown)"
@@ -63,10 +77,22 @@ def load_energy(spec: str = DEFAULT_ENERGY, _depth: int = 0) -> dict[str, Any]:
     for key, entry in events.items():
         if not isinstance(entry, dict) or "value" not in entry or not entry.get("source"):
             raise BsnncError(f"{where}: event {key} needs a 'value' and a 'source'")
-    return table
+        value = entry["value"]
+        by_bits = key == "adc_conversion_pj" and isinstance(value, dict)
+        values = list(value.items()) if by_bits else [("", value)]
+        for bits, v in values:
+            if by_bits and not (isinstance(bits, str) and bits.isdigit() and int(bits) > 0):
+                raise BsnncError(f"{where}: event {key}: resolution {bits!r} is not a bit count")
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v < 0):
+                raise BsnncError(
+                    f"{where}: event {key}: value {v!r} is not a non-negative number or null"
+                )
+    bits = table.get("packet_bits", 16)
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
+        raise BsnncError(f"{where}: packet_bits must be a positive integer, got {bits!r}")
 
 
-def _read_table(spec: str) -> tuple[str, str]:
+def _read_table(spec: str, origin: str) -> tuple[str, str]:
     """The JSON text of a shipped set or a file, and how to name it in errors."""
     if spec in ENERGY_SETS:
         text = (
@@ -77,7 +103,7 @@ def _read_table(spec: str) -> tuple[str, str]:
         return text, f"energy set {spec}"
     p = Path(spec)
     if not p.is_file():
-        raise BsnncError(f"--energy {spec}: no such file or set (sets: {', '.join(ENERGY_SETS)})")
+        raise BsnncError(f"{origin} {spec}: no such file or set (sets: {', '.join(ENERGY_SETS)})")
     return p.read_text(encoding="utf-8"), str(p)
 
 

@@ -65,15 +65,25 @@ def _read(spec: str) -> tuple[dict[str, Any], str]:
 def load_hw(spec: str = DEFAULT) -> HwConfig:
     """A preset name or a .json/.toml path → a checked :class:`HwConfig`."""
     data, where = _read(spec)
+    if not isinstance(data, dict):
+        raise BsnncError(f"{where}: expected an object of settings, got {type(data).__name__}")
     known = {f.name: f for f in fields(HwConfig)}
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise BsnncError(f"{where}: unknown setting(s) {', '.join(unknown)}")
     data.setdefault("name", Path(spec).stem)
     for key, value in data.items():
-        if key not in ("name", "sources", "energy") and (not isinstance(value, int) or value < 1):
+        if key in ("name", "energy"):
+            if not isinstance(value, str) or not value:
+                raise BsnncError(f"{where}: {key} must be a non-empty string, got {value!r}")
+        elif key == "sources":
+            if not isinstance(value, dict):
+                raise BsnncError(f"{where}: sources must map settings to their sources")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise BsnncError(f"{where}: {key} must be a positive integer, got {value!r}")
     hw = HwConfig(**data)
     if hw.max_rows_driven > hw.rows or hw.rows_per_input > hw.rows:
         raise BsnncError(f"{where}: max_rows_driven and rows_per_input must not exceed rows")
+    if hw.columns_per_adc > hw.columns:
+        raise BsnncError(f"{where}: columns_per_adc must not exceed columns")
     return hw
