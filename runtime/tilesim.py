@@ -39,12 +39,11 @@ from numpy.lib.stride_tricks import as_strided
 
 from bsnnc.backends.rram.emit import load_program
 from bsnnc.backends.rram.hw import HwConfig, load_hw
-from bsnnc.backends.rram.mapping import FP_BITS
+from bsnnc.backends.rram.mapping import FP_BITS, input_bits
 from bsnnc.backends.rram.program import Program, Stmt, Tok
 from bsnnc.ir.errors import ArtifactError, BsnncError
 from bsnnc.ir.graph import Graph, Node, attr_ints
 from bsnnc.ir.io import read_npz
-from bsnnc.ir.types import Kind
 from bsnnc.runtime.ann import last_uses
 from bsnnc.runtime.artifact import Artifact
 from bsnnc.runtime.intkernels import BlockedSpikeMatMul
@@ -215,11 +214,11 @@ def _mapping(art: Artifact) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _artifact_hw(art: Artifact) -> HwConfig | None:
+def _compiled_hw(mapping: dict[str, Any]) -> HwConfig | None:
     """The hardware configuration recorded at compile time (mapping.json), if any — so an
     artifact compiled with a custom ``--hw FILE`` simulates without that file."""
     try:
-        return HwConfig(**_mapping(art)["hw_config"])
+        return HwConfig(**mapping["hw_config"])
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -228,11 +227,12 @@ def _artifact_hw(art: Artifact) -> HwConfig | None:
 GEOMETRY = ("rows", "columns", "rows_per_input", "reference_columns", "arrays_per_tile")
 
 
-def check_hw(hw: HwConfig, art: Artifact, path: str, spec: str) -> None:
+def check_hw(hw: HwConfig, mapping: dict[str, Any], path: str, spec: str) -> None:
     """A hardware configuration given at simulation time (``--hw spec``) may change the
     periphery (clock, ADC, row-drive limit, NoC latency, energy table) but not what the
-    mapping depends on, and its accumulators must hold the partial sums."""
-    compiled = _artifact_hw(art)
+    mapping (the artifact's mapping.json) depends on, and its accumulators must hold the
+    partial sums."""
+    compiled = _compiled_hw(mapping)
     for key in GEOMETRY if compiled is not None else ():
         want, got = getattr(compiled, key), getattr(hw, key)
         if want != got:
@@ -240,7 +240,7 @@ def check_hw(hw: HwConfig, art: Artifact, path: str, spec: str) -> None:
                 f"--hw {spec}: {key} = {got}, but {path} was compiled for {key} = {want}; "
                 f"recompile with --hw {spec}"
             )
-    needed = _mapping(art).get("accumulator_bits_needed", 0)
+    needed = mapping.get("accumulator_bits_needed", 0)
     if isinstance(needed, int) and needed > hw.accumulator_bits:
         raise BsnncError(
             f"--hw {spec}: accumulator_bits = {hw.accumulator_bits}, but the partial sums of "
@@ -284,9 +284,10 @@ class TileSimulator:
         self.g: Graph = art.graph
         self.program: Program = load_program(path, art.extra)
         _check_against_graph(self.program, self.g, f"{path}[program.txt]")
+        mapping = _mapping(art)
         if hw is not None:
-            check_hw(hw, art, path, hw_spec or hw.name)
-        self.hw = hw or _artifact_hw(art) or load_hw(self.program.hw)
+            check_hw(hw, mapping, path, hw_spec or hw.name)
+        self.hw = hw or _compiled_hw(mapping) or load_hw(self.program.hw)
         try:
             self.arrays = read_npz(io.BytesIO(art.extra["program.npz"]))
         except KeyError:
@@ -299,6 +300,8 @@ class TileSimulator:
         self.planes: dict[str, int] = {}
         for s in self.program.decls:
             self._declare(s)
+        #: per layer and row block: (r0, r1, arrays of one copy, columns of one copy)
+        self.row_blocks = {layer: self._row_block_geometry(layer) for layer in self.blocks}
         self.weights = {k[1:-2]: self._unpack(k) for k in self.arrays if k.endswith(".w")}
         self.kernels = {layer: self._row_block_kernels(layer) for layer in self.weights}
 
@@ -328,8 +331,20 @@ class TileSimulator:
         bits = np.unpackbits(self.arrays[key])[: k * n].reshape(k, n)
         return np.where(bits == 1, 1, -1).astype(np.int8)
 
+    def _row_block_geometry(self, layer: str) -> list[tuple[int, int, int, int]]:
+        """Each row block's rows, and the arrays (one per column block) and columns one copy
+        of the layer reads for it."""
+        copies = self.copies.get(layer, 1)
+        out = []
+        for r0, r1 in sorted({(r0, r1) for _, r0, r1, _, _ in self.blocks[layer]}):
+            mine = [
+                (c0, c1) for _, br0, br1, c0, c1 in self.blocks[layer] if (br0, br1) == (r0, r1)
+            ]
+            out.append((r0, r1, len(mine) // copies, sum(c1 - c0 for c0, c1 in mine) // copies))
+        return out
+
     def _row_bounds(self, layer: str) -> list[tuple[int, int]]:
-        return sorted({(r0, r1) for _, r0, r1, _, _ in self.blocks[layer]})
+        return [(r0, r1) for r0, r1, _, _ in self.row_blocks[layer]]
 
     def _row_block_kernels(self, layer: str) -> BlockedSpikeMatMul:
         """The layer's row blocks (their column blocks side by side) in one session."""
@@ -349,21 +364,22 @@ class TileSimulator:
         order = {n.result: i for i, n in enumerate(self.g.nodes)}
         inp = self.g.inputs()[0].result
         env[inp] = Value(np.ascontiguousarray(x, np.float32), True)
-        for s in [*self.program.once, *self.program.body]:
-            ev.once = any(s is o for o in self.program.once)
-            if s.op == "barrier":
-                continue
-            if s.op == "add":
-                self._count_add(s, ev)
-                continue
-            if s.op == "send":
-                self._count_send(s, env, ev)
-                continue
-            result = str(s.args[0])[1:]
-            env[result] = self._execute(s, result, env, T, trace, ev)
-            for v in last.get(order[result], []):
-                if v != result:
-                    env.pop(v, None)
+        for once, block in ((True, self.program.once), (False, self.program.body)):
+            ev.once = once  # the once block's events happen at the first step only
+            for s in block:
+                if s.op == "barrier":
+                    continue
+                if s.op == "add":
+                    self._count_add(s, ev)
+                    continue
+                if s.op == "send":
+                    self._count_send(s, env, ev)
+                    continue
+                result = str(s.args[0])[1:]
+                env[result] = self._execute(s, result, env, T, trace, ev)
+                for v in last.get(order[result], []):
+                    if v != result:
+                        env.pop(v, None)
         trace.final = env[self.g.outputs[0]].data
         counters.absorb(ev, exit_steps(trace.final, early_exit))
         return trace
@@ -409,8 +425,8 @@ class TileSimulator:
         trace.layer_input[n.result] = s.data.reshape(T, b, -1).sum(axis=2, dtype=np.int64)
         cols, positions = self._cols(n, flat)
         total, driven = self.kernels[n.result](cols)
-        for j, (r0, r1) in enumerate(self._row_bounds(n.result)):
-            self._count_mvm(n.result, j, driven[:, j], r1 - r0, T, positions, ev)
+        for j in range(len(self.row_blocks[n.result])):
+            self._count_mvm(n.result, j, driven[:, j], T, positions, ev)
         oh, ow = (
             (int(n.type.shape[2] or 0), int(n.type.shape[3] or 0)) if n.op == "conv2d" else (1, 1)
         )
@@ -425,21 +441,19 @@ class TileSimulator:
         reference kernel, so the outputs stay bit-exact."""
         steps = 1 if s.static else T
         flat = s.data if s.static else s.data.reshape(T * s.data.shape[1], *s.data.shape[2:])
-        spikes = self.nodes[n.value_operands()[0]].type.kind == Kind.SPIKE
-        planes = input_planes(flat, spikes)
+        planes = input_planes(flat, input_bits(self.nodes, n) == 1)
         self.planes[n.result] = len(planes)  # each plane's row-block sums are added (``add``)
         for plane in planes:
             cols, positions = self._cols(n, plane)
             for j, (r0, r1) in enumerate(self._row_bounds(n.result)):
                 driven = cols[:, r0:r1].sum(axis=1, dtype=np.int64)
-                self._count_mvm(n.result, j, driven, r1 - r0, steps, positions, ev)
+                self._count_mvm(n.result, j, driven, steps, positions, ev)
 
     def _count_mvm(
         self,
         layer: str,
         block: int,
         driven_rows: np.ndarray,
-        height: int,
         steps: int,
         positions: int,
         ev: Events,
@@ -450,8 +464,8 @@ class TileSimulator:
         driven = driven_rows.reshape(steps, ev.b, positions)
         issued = (driven > 0).sum(axis=2)
         rows = driven.sum(axis=2, dtype=np.int64)
-        arrays = self._blocks_in_rows(layer, block)  # a spike drives its row in each of them
-        width = self._block_width(layer, block)
+        # a spike drives its row in each of the row block's arrays (one per column block)
+        r0, r1, arrays, width = self.row_blocks[layer][block]
         ev.add("row_activations", rows * arrays)
         ev.add_rows(layer, rows * arrays)
         ev.add("reads_issued", issued * arrays)
@@ -461,26 +475,14 @@ class TileSimulator:
         reads = driven > 0
         copies = self.copies.get(layer, 1)
         # a read drives at most max_rows_driven rows at once: taller blocks take several phases
-        per_read = -(-height // self.hw.max_rows_driven) * (self.hw.columns_per_adc + 1)
+        per_read = -(-(r1 - r0) // self.hw.max_rows_driven) * (self.hw.columns_per_adc + 1)
         for k in range(copies):
             ev.add_busy((layer, block, k), reads[:, :, k::copies].sum(axis=2) * per_read)
-
-    def _blocks_in_rows(self, layer: str, block: int) -> int:
-        """Arrays of one copy that hold this row block (one per column block)."""
-        r0, r1 = self._row_bounds(layer)[block]
-        n = sum(1 for _, br0, br1, _, _ in self.blocks[layer] if (br0, br1) == (r0, r1))
-        return n // self.copies.get(layer, 1)
-
-    def _block_width(self, layer: str, block: int) -> int:
-        """Columns of one copy that this row block's arrays read."""
-        r0, r1 = self._row_bounds(layer)[block]
-        width = sum(c1 - c0 for _, br0, br1, c0, c1 in self.blocks[layer] if (br0, br1) == (r0, r1))
-        return width // self.copies.get(layer, 1)
 
     def _count_add(self, s: Stmt, ev: Events) -> None:
         """Partial sums of the row blocks, added per output neuron (and timestep)."""
         layer = str(s.args[0])[1:]
-        blocks = len(self._row_bounds(layer)) if layer in self.blocks else 1
+        blocks = len(self.row_blocks[layer]) if layer in self.row_blocks else 1
         per_read = (blocks - 1) * self.nodes[layer].type.numel_per_sample()
         ev.add("psum_adds", per_read * self.planes.get(layer, 1))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -286,10 +287,7 @@ def test_energy_is_counts_times_table(tmp_path: Path, capsys: pytest.CaptureFixt
     ],
 )
 def test_energy_values_are_checked(
-    events: dict,
-    extra: dict,
-    message: str,
-    tmp_path: Path,  # type: ignore[type-arg]
+    events: dict[str, Any], extra: dict[str, Any], message: str, tmp_path: Path
 ) -> None:
     p = tmp_path / "e.json"
     p.write_text(json.dumps({"base": "isaac-32nm", "events": events, **extra}))
@@ -509,7 +507,7 @@ def test_noc_latency_is_a_pipeline_stage(tmp_path: Path) -> None:
     sim = TileSimulator(art, str(path))
     c = Counters.zeros(T)
     chunks = run_chunks(art.graph, images, T, 7, None, runner=lambda x, t: sim.run(x, t, c))
-    sends = {str(s.args[0])[1:]: int(s.args[2]) for s in sim.program.body if s.op == "send"}  # type: ignore[call-overload]
+    sends = {str(s.args[0])[1:]: int(str(s.args[2])) for s in sim.program.body if s.op == "send"}
     assert any(h > 0 for h in sends.values()) and any(h == 0 for h in sends.values())
     for layer, hops in sends.items():
         stage = c.layer_cycles.get(f"{layer}.send")

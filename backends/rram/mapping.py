@@ -160,12 +160,16 @@ def accumulator_bits(k: int, in_bits: int, w_bits: int) -> int:
     return largest.bit_length() + 1
 
 
-def _check_accumulators(g: Graph, n: Node, lm: LayerMap, hw: HwConfig) -> None:
+def input_bits(nodes: dict[str, Node], n: Node) -> int:
+    """Bits per input row of a layer's read: 1 for spikes, else ``FP_BITS`` (bit-serial)."""
+    return 1 if nodes[n.value_operands()[0]].type.kind == Kind.SPIKE else FP_BITS
+
+
+def _check_accumulators(nodes: dict[str, Node], n: Node, lm: LayerMap, hw: HwConfig) -> None:
     """Sets ``lm.acc_bits`` and fails when the hardware's accumulators are narrower."""
     if lm.kind == "digital":
         return
-    spikes = g.node_map()[n.value_operands()[0]].type.kind == Kind.SPIKE
-    in_bits = 1 if spikes else FP_BITS
+    in_bits = input_bits(nodes, n)
     lm.acc_bits = accumulator_bits(lm.K, in_bits, 1 if lm.kind == "binary" else FP_BITS)
     if lm.acc_bits > hw.accumulator_bits:
         raise BsnncError(
@@ -234,10 +238,11 @@ def partition(
     rho = hw.rows_per_input if rho is None else rho
     layers: list[LayerMap] = []
     per_layer: list[list[Block]] = []
+    nodes = g.node_map()
     for n in g.nodes:
         if n.op in ("conv2d", "dense"):
             lm, bl = layer_map(g, n, hw, fp_layers, rho)
-            _check_accumulators(g, n, lm, hw)
+            _check_accumulators(nodes, n, lm, hw)
             lm.positions = (
                 int(np.prod([int(d or 1) for d in n.type.shape[2:]])) if n.op == "conv2d" else 1
             )
