@@ -11,10 +11,6 @@ size; issue 4's budget is 60 s and 1.5 GB on a 2-core machine.
 
 from __future__ import annotations
 
-# isort: off
-import bsnnc  # noqa: F401  first: it pins numpy's BLAS kernels (see bsnnc/__init__.py)
-# isort: on
-
 import argparse
 import importlib.util
 import re

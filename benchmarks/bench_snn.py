@@ -16,10 +16,6 @@ simulator's work does not depend on them (dense products).
 
 from __future__ import annotations
 
-# isort: off
-import bsnnc  # noqa: F401  first: it pins numpy's BLAS kernels (see bsnnc/__init__.py)
-# isort: on
-
 import argparse
 import importlib.util
 import json

@@ -9,10 +9,6 @@ their ratio (issue 4's budget: about 2×) and whether the spikes are identical.
 
 from __future__ import annotations
 
-# isort: off
-from bsnnc.compiler.cli import main as bsnnc  # first: pins numpy's BLAS kernels
-# isort: on
-
 import argparse
 import sys
 import tempfile
@@ -22,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from bsnnc.compiler.cli import main as bsnnc
 from bsnnc.runtime.artifact import read_artifact
 from bsnnc.runtime.datasets import Images
 from bsnnc.runtime.simulate import metrics, run_chunks

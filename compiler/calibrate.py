@@ -9,6 +9,13 @@ the ``p``-th percentile (numpy's linear interpolation; p = 100 is the maximum) o
 * ``image-max``: each image's maximum activation — the paper's wording.
 
 With ``channel`` granularity the same is done per output channel.
+
+The ANN runs in float64 and λ is then rounded to the nearest float32. BLAS kernels sum in
+different orders on different CPUs (OpenBLAS's Haswell vs SkylakeX kernels, say); in float64
+this moves an activation by ~1e-16 relative, and λ lands on the same float32 (grid 6e-8)
+unless it sits within that distance of a rounding midpoint (odds ~1e-9 per layer): the
+thresholds and golden files do not depend on the machine, and nothing in the process's BLAS
+setup has to be pinned.
 """
 
 from __future__ import annotations
@@ -50,6 +57,11 @@ def percentile_from_top(top: np.ndarray, n: int, p: float) -> np.ndarray:
     return np.asarray(a + (r - lo) * (b - a))
 
 
+def to_float32_grid(v: np.ndarray) -> np.ndarray:
+    """``v`` rounded to the nearest float32, as float64."""
+    return np.asarray(v, np.float64).astype(np.float32).astype(np.float64)
+
+
 def _channels_first(x: np.ndarray, channel: bool) -> np.ndarray:
     """[N, C, ...] → [C, N·...] (channel) or [1, N·C·...]."""
     if channel:
@@ -86,7 +98,7 @@ class Calibrator:
 
     def add(self, x: np.ndarray) -> None:
         """One batch of images."""
-        acts = run_ann(self.g, x, keep=[n.result for n in self.ifs])
+        acts = run_ann(self.g, x, keep=[n.result for n in self.ifs], dtype=np.float64)
         for n in self.ifs:
             a = acts[n.result]
             rows = _channels_first(a, self.channel)
@@ -113,8 +125,8 @@ class Calibrator:
             else:
                 maxima = np.concatenate(self.image_max[n.result]).astype(np.float64)
                 lam = np.percentile(maxima, self.p, axis=0)
-            mx = self.maximum[n.result].astype(np.float64)
-            lam = np.where(lam > 0, lam, np.where(mx > 0, mx, 1.0))
+            mx = to_float32_grid(self.maximum[n.result])
+            lam = to_float32_grid(np.where(lam > 0, lam, np.where(mx > 0, mx, 1.0)))
             out.append(LayerStat(n.result, n.loc or "", np.atleast_1d(lam), mx))
         return out
 

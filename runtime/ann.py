@@ -1,7 +1,9 @@
 """The numpy ANN reference: executes an IR graph as the original (non-spiking) network.
 
-Each op has one function here (dispatch table ``ANN_KERNELS``); values are float32, except
-that ``i32`` values of exact integer products are kept as float32 too (exact below 2^24).
+Each op has one function here (dispatch table ``ANN_KERNELS``); values are float32 (or float64
+when the input is float64: every kernel computes in the float type of its first operand, and
+0/1 spike inputs compute in float32), and ``i32`` values of exact integer products are kept as
+float32 too (exact below 2^24).
 Intermediate values are freed after their last use, so memory stays near the two largest
 activations of the batch.
 """
@@ -29,26 +31,32 @@ def _pads(a: Attrs) -> K.Pads:
     return v[0], v[1], v[2], v[3]
 
 
+def _float(x: np.ndarray) -> type[np.floating]:
+    """The float type an op computes in: float64 for float64 inputs, float32 otherwise."""
+    return np.float64 if x.dtype == np.float64 else np.float32
+
+
 def _affine(xs: list[np.ndarray], a: Attrs, key: str, add: bool) -> np.ndarray:
     """``x + value [+ b[c]]`` or ``x · factor [· s[c]]``: the attribute applies per tensor,
     the optional constant per channel along ``axis``."""
-    x = xs[0].astype(np.float32, copy=False)
-    p = np.full((), attr_float(a, key), dtype=np.float32)
+    dt = _float(xs[0])
+    x = xs[0].astype(dt, copy=False)
+    p = np.full((), attr_float(a, key), dtype=dt)
     if len(xs) > 1:
-        c = K.channel_broadcast(xs[1].astype(np.float32), x.ndim, attr_int(a, "axis"))
+        c = K.channel_broadcast(xs[1].astype(dt), x.ndim, attr_int(a, "axis"))
         p = (p + c) if add else (p * c)
-    return np.asarray((x + p) if add else (x * p), dtype=np.float32)
+    return np.asarray((x + p) if add else (x * p), dtype=dt)
 
 
 ANN_KERNELS: dict[str, Kernel] = {
     "conv2d": lambda xs, a: K.conv2d(
-        xs[0].astype(np.float32, copy=False),
-        xs[1].astype(np.float32),
+        xs[0].astype(_float(xs[0]), copy=False),
+        xs[1].astype(_float(xs[0])),
         _pair(a, "stride"),
         _pads(a),
         _pair(a, "dilation"),
     ),
-    "dense": lambda xs, a: K.dense(xs[0].astype(np.float32, copy=False), xs[1]),
+    "dense": lambda xs, a: K.dense(xs[0].astype(_float(xs[0]), copy=False), xs[1]),
     "avgpool": lambda xs, a: K.avgpool(
         xs[0],
         _pair(a, "kernel"),
@@ -56,6 +64,7 @@ ANN_KERNELS: dict[str, Kernel] = {
         _pads(a),
         bool(a["ceil_mode"]),
         bool(a["count_include_pad"]),
+        _float(xs[0]),
     ),
     "maxpool": lambda xs, a: K.maxpool(
         xs[0],
@@ -65,14 +74,14 @@ ANN_KERNELS: dict[str, Kernel] = {
         _pair(a, "dilation"),
         bool(a["ceil_mode"]),
     ),
-    "global_avgpool": lambda xs, a: K.global_avgpool(xs[0]),
+    "global_avgpool": lambda xs, a: K.global_avgpool(xs[0], _float(xs[0])),
     "flatten": lambda xs, a: xs[0].reshape(xs[0].shape[0], -1),
     "reshape": lambda xs, a: xs[0].reshape(xs[0].shape[0], *attr_ints(a, "shape")),
     "relu": lambda xs, a: np.maximum(xs[0], 0).astype(xs[0].dtype, copy=False),
     "scale": lambda xs, a: _affine(xs, a, "factor", add=False),
     "bias": lambda xs, a: _affine(xs, a, "value", add=True),
     "if": lambda xs, a: _if_rate(xs, a),
-    "readout": lambda xs, a: xs[0].astype(np.float32, copy=False),
+    "readout": lambda xs, a: xs[0].astype(_float(xs[0]), copy=False),
 }
 
 
@@ -82,11 +91,12 @@ def _if_rate(xs: list[np.ndarray], a: Attrs) -> np.ndarray:
     With θ = 1 (before threshold normalization) it is exactly ``relu``; after normalization the
     graph read this way reproduces the original ANN (the folded network is equivalent).
     """
-    x = np.maximum(xs[0].astype(np.float32, copy=False), 0)
+    dt = _float(xs[0])
+    x = np.maximum(xs[0].astype(dt, copy=False), 0)
     theta = np.full((), attr_float(a, "theta"), dtype=np.float64)
     if len(xs) > 1:
         theta = theta * K.channel_broadcast(xs[1].astype(np.float64), x.ndim, attr_int(a, "axis"))
-    return np.asarray(x / theta, dtype=np.float32)
+    return np.asarray(x / theta, dtype=dt)
 
 
 def last_uses(g: Graph, keep: Collection[str] = ()) -> dict[int, list[str]]:
@@ -106,9 +116,12 @@ def _operands(g: Graph, n: Node, env: dict[str, np.ndarray]) -> list[np.ndarray]
     return [env[o[1:]] if o.startswith("%") else g.constants[o[1:]].array() for o in n.operands]
 
 
-def run_ann(g: Graph, x: np.ndarray, keep: Collection[str] = ()) -> dict[str, np.ndarray]:
+def run_ann(
+    g: Graph, x: np.ndarray, keep: Collection[str] = (), dtype: type[np.floating] = np.float32
+) -> dict[str, np.ndarray]:
     """Run ``g`` on the batch ``x`` (fed to its single input); returns output name → array,
-    plus the values named in ``keep`` (e.g. every IF layer, for calibration)."""
+    plus the values named in ``keep`` (e.g. every IF layer, for calibration). Every value is
+    computed in ``dtype`` (float32, as onnxruntime does, or float64 for calibration)."""
     inputs = g.inputs()
     if len(inputs) != 1:
         raise BsnncError(f"the ANN reference needs exactly one input, graph has {len(inputs)}")
@@ -118,7 +131,7 @@ def run_ann(g: Graph, x: np.ndarray, keep: Collection[str] = ()) -> dict[str, np
             f"input batch has per-sample shape {list(x.shape[1:])}, "
             f"the model expects {list(expected)}"
         )
-    env: dict[str, np.ndarray] = {inputs[0].result: np.ascontiguousarray(x, dtype=np.float32)}
+    env: dict[str, np.ndarray] = {inputs[0].result: np.ascontiguousarray(x, dtype=dtype)}
     frees = last_uses(g, keep)
     for i, n in enumerate(g.nodes):
         if n.op == "input":

@@ -4,7 +4,12 @@ conv2d (cross-correlation, group 1)::
 
     y[n,o,i,j] = Σ_{c,u,v} x_pad[n, c, i·s_h + u·d_h, j·s_w + v·d_w] · w[o,c,u,v]
 
-computed as matrix products over im2col patches (channels last, in chunks of images).
+computed as matrix products over im2col patches (channels last, in chunks of images), either
+with BLAS (float32 or float64; the summation order is BLAS's and may differ between CPUs and
+batch sizes) or, with ``fixed_order=True``, in float64 as ``y = Σ_k x_k·w_k`` accumulated
+strictly in k order (:func:`matmul_fixed_order`): every product of two float32 values is exact
+in float64 and every addition is one IEEE rounding in a fixed order, so the result is the same
+bit for bit on every CPU, batch size and thread count.
 Pools use the same window geometry
 (``bsnnc.ir.ops.window_out``); positions past the padded input that ``ceil_mode`` adds never
 count, and ``count_include_pad`` decides whether explicit pads count in an average.
@@ -51,17 +56,36 @@ def _windows(
             ]
 
 
+def matmul_fixed_order(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` in float64, summed over k = 0, 1, … in that order for every output element:
+    ``y = (((a₀·b₀) + a₁·b₁) + …)``. Elementwise IEEE operations in a fixed order: the result
+    does not depend on the CPU, the BLAS kernel or the number of rows of ``a``."""
+    a64, b64 = a.astype(np.float64, copy=False), b.astype(np.float64, copy=False)
+    out = np.zeros((a.shape[0], b.shape[1]), np.float64)
+    term = np.empty_like(out)
+    for k in range(a.shape[1]):
+        np.multiply(a64[:, k : k + 1], b64[k], out=term)
+        out += term
+    return out
+
+
 def conv2d(
-    x: np.ndarray, w: np.ndarray, stride: tuple[int, int], pad: Pads, dilation: tuple[int, int]
+    x: np.ndarray,
+    w: np.ndarray,
+    stride: tuple[int, int],
+    pad: Pads,
+    dilation: tuple[int, int],
+    fixed_order: bool = False,
 ) -> np.ndarray:
-    """Cross-correlation of ``x`` [N,C,H,W] with ``w`` [O,C,kh,kw] via im2col + one GEMM."""
+    """Cross-correlation of ``x`` [N,C,H,W] with ``w`` [O,C,kh,kw] via im2col + one GEMM
+    (or :func:`matmul_fixed_order` in float64 when ``fixed_order``)."""
     kh, kw = w.shape[2], w.shape[3]
     oh, ow = _out_hw(x, (kh, kw), stride, dilation, pad, False)
     need_h, need_w = (
         (oh - 1) * stride[0] + (kh - 1) * dilation[0] + 1,
         (ow - 1) * stride[1] + (kw - 1) * dilation[1] + 1,
     )
-    dtype = np.result_type(x.dtype, w.dtype)
+    dtype = np.dtype(np.float64) if fixed_order else np.result_type(x.dtype, w.dtype)
     # channels last, so that every patch copy moves contiguous runs of C values
     xp = np.ascontiguousarray(_pad_to(x, pad, need_h, need_w, 0.0).transpose(0, 2, 3, 1), dtype)
     n, c, o = x.shape[0], x.shape[1], w.shape[0]
@@ -77,16 +101,20 @@ def conv2d(
                 rows = slice(r0, r0 + stride[0] * (oh - 1) + 1, stride[0])
                 cs = slice(c0, c0 + stride[1] * (ow - 1) + 1, stride[1])
                 cols[:, :, :, u, v, :] = xs[:, rows, cs, :]
-        y = cols.reshape(-1, kh * kw * c) @ wm
+        a = cols.reshape(-1, kh * kw * c)
+        y = matmul_fixed_order(a, wm) if fixed_order else a @ wm
         out[s : s + step] = y.reshape(xs.shape[0], oh, ow, o).transpose(0, 3, 1, 2)
     return out
 
 
-def dense(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``y = x · Wᵀ`` with ``W`` [out, in], in the dtype of ``x`` (float32 or float64).
+def dense(x: np.ndarray, w: np.ndarray, fixed_order: bool = False) -> np.ndarray:
+    """``y = x · Wᵀ`` with ``W`` [out, in], in the dtype of ``x`` (float32 or float64), or in
+    float64 with :func:`matmul_fixed_order` when ``fixed_order``.
 
     Weights stored in another dtype (int8 signs) are converted a block of output rows at a
     time, so a large layer's weights are never copied whole."""
+    if fixed_order:
+        return matmul_fixed_order(x, w.T)
     dtype = np.result_type(x.dtype, np.float32)
     if w.dtype == dtype:
         return np.asarray(x @ w.T)
@@ -125,18 +153,20 @@ def avgpool(
     pad: Pads,
     ceil_mode: bool,
     count_include_pad: bool,
+    dtype: type[np.floating] = np.float32,
 ) -> np.ndarray:
-    """Mean over each window: Σ x / (#positions counted), see the module docstring."""
+    """Mean over each window: Σ x / (#positions counted), see the module docstring; the sum
+    runs over the window's positions in a fixed order, in ``dtype``."""
     oh, ow = _out_hw(x, kernel, stride, (1, 1), pad, ceil_mode)
     need_h, need_w = (oh - 1) * stride[0] + kernel[0], (ow - 1) * stride[1] + kernel[1]
-    xp = _pad_to(x.astype(np.float32, copy=False), pad, need_h, need_w, 0.0)
-    mask = np.zeros((1, 1, *xp.shape[2:]), dtype=np.float32)
+    xp = _pad_to(x.astype(dtype, copy=False), pad, need_h, need_w, 0.0)
+    mask = np.zeros((1, 1, *xp.shape[2:]), dtype=dtype)
     if count_include_pad:
         mask[:, :, : x.shape[2] + pad[0] + pad[2], : x.shape[3] + pad[1] + pad[3]] = 1.0
     else:
         mask[:, :, pad[0] : pad[0] + x.shape[2], pad[1] : pad[1] + x.shape[3]] = 1.0
-    total = np.zeros((x.shape[0], x.shape[1], oh, ow), dtype=np.float32)
-    count = np.zeros((1, 1, oh, ow), dtype=np.float32)
+    total = np.zeros((x.shape[0], x.shape[1], oh, ow), dtype=dtype)
+    count = np.zeros((1, 1, oh, ow), dtype=dtype)
     for win, m in zip(
         _windows(xp, kernel, stride, (1, 1), oh, ow),
         _windows(mask, kernel, stride, (1, 1), oh, ow),
@@ -147,11 +177,9 @@ def avgpool(
     return total / count
 
 
-def global_avgpool(x: np.ndarray) -> np.ndarray:
-    """Mean over H and W, keeping them as size-1 axes."""
-    return np.asarray(
-        x.astype(np.float32, copy=False).mean(axis=(2, 3), keepdims=True), dtype=np.float32
-    )
+def global_avgpool(x: np.ndarray, dtype: type[np.floating] = np.float32) -> np.ndarray:
+    """Mean over H and W, keeping them as size-1 axes, in ``dtype``."""
+    return np.asarray(x.astype(dtype, copy=False).mean(axis=(2, 3), keepdims=True), dtype=dtype)
 
 
 def channel_broadcast(p: np.ndarray, rank: int, axis: int) -> np.ndarray:

@@ -11,7 +11,9 @@ Semantics (per image, timestep t = 1..T):
 Execution is layer by layer, not step by step: each layer is computed for all T steps of a
 batch of images at once (one large product over T·N inputs), then the IF scan over time is a
 cheap elementwise loop. Values that do not change over time (the input and everything computed
-from it before the first IF: the first layer's current) are computed once. Products of spikes
+from it before the first IF: the first layer's current) are computed once, in float64 with a
+fixed summation order (:func:`bsnnc.runtime.kernels.matmul_fixed_order`), so they do not
+depend on the CPU or the batch size. Products of spikes
 with ±1 weights are exact integers (:mod:`bsnnc.runtime.intkernels`); full-precision products
 of spikes are computed in float64, which is exact for 0/1 inputs and so independent of the
 summation order. The images are processed in chunks that fit ``max_memory``.
@@ -164,6 +166,16 @@ def digital(n: Node, x: Value, consts: list[np.ndarray], T: int) -> Value:
     """A non-binary op (full-precision layer, pooling, flatten, scale, bias) over all steps,
     with the reference kernels; full-precision weights on spikes run in float64, which is
     exact for 0/1 inputs and so independent of the summation order."""
+    if x.static and n.op in ("conv2d", "dense"):
+        # computed once from the input: float64 in a fixed summation order (exact products),
+        # so the current is the same on every CPU and for every batch size
+        data = x.data
+        y = (
+            K.dense(data, consts[0], fixed_order=True)
+            if n.op == "dense"
+            else _conv64(data, consts[0], n, fixed_order=True)
+        )
+        return Value(y, True)
     if x.static:
         return Value(ANN_KERNELS[n.op]([x.data, *consts], n.attrs), True)
     flat = x.data.reshape(T * x.data.shape[1], *x.data.shape[2:])
@@ -179,10 +191,10 @@ def digital(n: Node, x: Value, consts: list[np.ndarray], T: int) -> Value:
     return Value(y.reshape(T, x.data.shape[1], *y.shape[1:]), False)
 
 
-def _conv64(x: np.ndarray, w: np.ndarray, n: Node) -> np.ndarray:
+def _conv64(x: np.ndarray, w: np.ndarray, n: Node, fixed_order: bool = False) -> np.ndarray:
     s, p, d = (
         attr_ints(n.attrs, "stride"),
         attr_ints(n.attrs, "pad"),
         attr_ints(n.attrs, "dilation"),
     )
-    return K.conv2d(x, w, (s[0], s[1]), (p[0], p[1], p[2], p[3]), (d[0], d[1]))
+    return K.conv2d(x, w, (s[0], s[1]), (p[0], p[1], p[2], p[3]), (d[0], d[1]), fixed_order)

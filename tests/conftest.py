@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-# isort: off
-import bsnnc  # noqa: F401  first: it pins numpy's BLAS kernels, which must precede numpy's import
-# isort: on
-
 import importlib.util
 import sys
 from collections.abc import Callable
@@ -32,6 +28,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="rewrite tests/golden/* from the current output (review the diff before committing)",
     )
+    parser.addoption(
+        "--retrain",
+        action="store_true",
+        default=False,
+        help="also run the tests marked 'retrain' (retrain the digits model: ~1.5 min, torch)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``retrain`` run only with ``--retrain``."""
+    if config.getoption("--retrain"):
+        return
+    skip = pytest.mark.skip(reason="retrains the digits model: run with --retrain")
+    for item in items:
+        if "retrain" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture
@@ -91,7 +103,7 @@ def load_example(name: str) -> ModuleType:
 
 
 def pytest_report_header() -> str:
-    """Which OpenBLAS kernels the float results (and so the golden files) come from."""
+    """Which OpenBLAS kernels numpy uses (the golden files must not depend on it)."""
     import os
 
     return f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(CPU default)')}"

@@ -265,6 +265,47 @@ def test_truncated_external_data(tmp_path: Path, capsys: pytest.CaptureFixture[s
     compile_fails(path, tmp_path, capsys, str(path), "w.data", "truncated")
 
 
+def _escape(path: Path, which: int, how: str) -> None:
+    """Point the external data of initializer ``which`` of the saved model at a copy of the
+    real data outside the model's folder (``how``: a ``../`` path, an absolute path, or a
+    symlink in the folder). The bytes are right, so only the location check can refuse it."""
+    model = onnx.load_model(str(path), load_external_data=False)
+    outside = path.parent.parent / "outside.data"
+    outside.write_bytes((path.parent / "w.data").read_bytes())
+    if how == "dotdot":
+        location = "../outside.data"
+    elif how == "absolute":
+        location = str(outside)
+    else:
+        (path.parent / "link.data").symlink_to(outside)
+        location = "link.data"
+    t = model.graph.initializer[which]
+    for entry in t.external_data:
+        if entry.key == "location":
+            entry.value = location
+    onnx.save_model(model, str(path))
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+@pytest.mark.parametrize("which", [0, -1])
+def test_external_data_outside_the_model_folder_is_refused(
+    how: str, which: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every location of every tensor, first or last, is resolved (symlinks included) and
+    must stay inside the model's folder before any byte is read."""
+    path = _external(ZOO["avg_before_relu"](), tmp_path)
+    _escape(path, which, how)
+    compile_fails(
+        path,
+        tmp_path,
+        capsys,
+        str(path),
+        "outside the model's folder"
+        if how != "absolute"
+        else "relative paths inside the model's folder",
+    )
+
+
 def test_two_inputs(
     save_model: SaveModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

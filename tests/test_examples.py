@@ -1,5 +1,6 @@
-"""The examples: the digits training script reproduces the committed model bit for bit, and
-the PyTorch fixture exporter runs (both need the `examples` extra: PyTorch 2.13.0)."""
+"""The examples: the digits training script runs deterministically (and, with ``--retrain``,
+reaches the committed model), and the PyTorch fixture exporter runs (both need the
+`examples` extra: PyTorch 2.13.0)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import FIXTURES, ROOT
 
 from bsnnc.compiler.frontend.importer import import_onnx
-from bsnnc.runtime.datasets import embedded_file
+from bsnnc.runtime.ann import run_ann
 
 torch = pytest.importorskip(
     "torch", reason="the examples extra (pip install torch==2.13.0) is not installed"
@@ -30,18 +32,38 @@ def run_example(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.slow
-def test_train_digits_reproduces_committed_model(tmp_path: Path) -> None:
-    """Fixed seeds: retraining gives byte-identical ONNX and the recorded accuracy."""
+def test_train_digits_runs_and_is_deterministic(tmp_path: Path) -> None:
+    """A short training run (one epoch per phase) twice with the same seed: the script trains,
+    exports and checks the model against onnxruntime, and gives the same bytes both times."""
+    short = ("--fp-epochs", "1", "--bin-epochs", "1", "--no-dynamo")
+    outs = []
+    for run in ("a", "b"):
+        d = tmp_path / run
+        proc = run_example("train_digits.py", "--out-dir", str(d), "--fixtures-dir", str(d), *short)
+        assert proc.returncode == 0, proc.stderr
+        assert "onnxruntime argmax == torch argmax" in proc.stdout
+        outs.append(((d / "digits.onnx").read_bytes(), (d / "digits_torch.json").read_text()))
+    assert outs[0] == outs[1]
+
+
+@pytest.mark.retrain
+def test_train_digits_reaches_the_committed_model(tmp_path: Path) -> None:
+    """Full retraining (``pytest --retrain``, ~1.5 min on 2 cores) reaches the committed
+    model's test accuracy within one point, and bsnnc's numpy reference predicts exactly what
+    PyTorch does for the retrained model. Not byte-identical on every CPU: PyTorch's float
+    reductions differ between CPUs (measured: 98.00 % for the committed model, made on an
+    Intel Xeon, 97.78 % retrained on an AMD EPYC)."""
     proc = run_example(
         "train_digits.py", "--out-dir", str(tmp_path), "--fixtures-dir", str(tmp_path)
     )
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "digits.onnx").read_bytes() == embedded_file("digits.onnx").read_bytes()
     fresh = json.loads((tmp_path / "digits_torch.json").read_text())
     committed = json.loads((FIXTURES / "digits_torch.json").read_text())
-    assert fresh["test_predictions"] == committed["test_predictions"]
-    assert fresh["test_accuracy"] == committed["test_accuracy"]
+    assert fresh["test_accuracy"] >= committed["test_accuracy"] - 0.01
+    g = import_onnx(tmp_path / "digits.onnx")
+    x = np.load(tmp_path / "digits_test.npz")["x"]
+    ours = run_ann(g, x)[g.outputs[0]].argmax(axis=1)
+    assert ours.tolist() == fresh["test_predictions"]
 
 
 def test_export_torch_fixtures_runs_and_imports(tmp_path: Path) -> None:

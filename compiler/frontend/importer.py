@@ -51,7 +51,7 @@ def convert_model(loaded: LoadedModel, input_shape: Sequence[int] | None = None)
     model = loaded.model
     name = loaded.path.stem or model.graph.name or "model"
     ctx = Ctx(GraphBuilder(name), loaded.shapes)
-    ctx.consts = Initializers(model, loaded.path.parent)
+    ctx.consts = Initializers(model, loaded.path.parent, loaded.path)
     _declare_input(ctx, model.graph, input_shape, loaded)
     uses = Counter(i for node in model.graph.node for i in node.input)
     for node in model.graph.node:

@@ -65,16 +65,36 @@ def _parse(p: Path) -> onnx.ModelProto:
     return model
 
 
+def external_path(base: Path, location: str, tensor: str, model_path: Path) -> Path:
+    """The file an external-data ``location`` names, resolved (symlinks included); it must lie
+    inside the model's directory ``base``, or :class:`OnnxImportError` is raised before any
+    byte is read."""
+    root = base.resolve()
+    if not location or Path(location).is_absolute() or "\x00" in location:
+        raise OnnxImportError(
+            f"{model_path}: tensor '{tensor}' names external data '{location}': locations must "
+            "be relative paths inside the model's folder"
+        )
+    f = (root / location).resolve()
+    if not f.is_relative_to(root):
+        raise OnnxImportError(
+            f"{model_path}: tensor '{tensor}' names external data '{location}', which resolves "
+            f"to {f}, outside the model's folder {root}; refusing to read it"
+        )
+    return f
+
+
 def _check_external(model: onnx.ModelProto, p: Path) -> None:
-    """Every external-data file exists and is long enough. Initializers are read later, one
-    at a time (:class:`Initializers`); other tensors (Constant attributes) are read now."""
+    """Every external-data location of every tensor (initializers, Constant attributes,
+    sparse tensors, in any order) resolves inside the model's folder, and every file exists
+    and is long enough — all checked before any byte is read. Initializers are read later,
+    one at a time (:class:`Initializers`); other tensors (Constant attributes) are read now."""
     base = p.parent
-    initializers = {id(t) for t in model.graph.initializer}
-    for t in external_data_helper._get_all_tensors(model):
-        if not external_data_helper.uses_external_data(t):
-            continue
+    tensors = list(external_data_helper._get_all_tensors(model))
+    external = [t for t in tensors if external_data_helper.uses_external_data(t)]
+    for t in external:
         info = external_data_helper.ExternalDataInfo(t)
-        f = base / info.location
+        f = external_path(base, info.location, t.name, p)
         if not f.is_file():
             raise OnnxImportError(
                 f"{p}: initializer '{t.name}' keeps its data in '{info.location}', which is "
@@ -86,13 +106,13 @@ def _check_external(model: onnx.ModelProto, p: Path) -> None:
                 f"{p}: external data file {f} is truncated: initializer '{t.name}' needs bytes "
                 f"up to {need}, the file has {f.stat().st_size}"
             )
-        if id(t) not in initializers:
-            try:
-                external_data_helper.load_external_data_for_tensor(t, str(base))
-            except (OSError, ValueError) as e:
-                raise OnnxImportError(
-                    f"{p}: cannot read external data of '{t.name}': {e}"
-                ) from None
+    for t in external_data_helper._get_attribute_tensors(model):
+        if not external_data_helper.uses_external_data(t):
+            continue
+        try:
+            external_data_helper.load_external_data_for_tensor(t, str(base))
+        except (OSError, ValueError) as e:
+            raise OnnxImportError(f"{p}: cannot read external data of '{t.name}': {e}") from None
 
 
 def _check(model: onnx.ModelProto, p: Path) -> None:
@@ -153,10 +173,11 @@ class Initializers(MutableMapping[str, np.ndarray]):
     in memory at once.
     """
 
-    def __init__(self, model: onnx.ModelProto, base: Path) -> None:
+    def __init__(self, model: onnx.ModelProto, base: Path, model_path: Path | None = None) -> None:
         self._tensors = {t.name: t for t in model.graph.initializer}
         self._values: dict[str, np.ndarray] = {}
         self._base = base
+        self._model_path = model_path or base
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._values:
@@ -188,7 +209,8 @@ class Initializers(MutableMapping[str, np.ndarray]):
         info = external_data_helper.ExternalDataInfo(t)
         dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
         count = int(np.prod(t.dims))
-        with (self._base / info.location).open("rb") as f:
+        path = external_path(self._base, info.location, t.name, self._model_path)
+        with path.open("rb") as f:
             f.seek(int(info.offset or 0))
             data = np.fromfile(f, dtype=dtype.newbyteorder("<"), count=count)
         if data.size != count:

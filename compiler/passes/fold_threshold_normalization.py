@@ -104,9 +104,10 @@ def _lambda_in(g: Graph, value: str, lam: dict[str, np.ndarray]) -> float:
 
 def calibration_batch(g: Graph, at_most: int, budget: int = CALIB_BYTES) -> int:
     """Images per calibration batch: at most ``at_most``, and about ``budget`` bytes of live
-    activations (every IF layer's output is kept, plus the three largest values in flight)."""
+    activations (float64: every IF layer's output is kept, plus the three largest values in
+    flight)."""
     sizes = [n.type.numel_per_sample() for n in g.nodes]
-    per_image = 4 * (
+    per_image = 8 * (
         sum(n.type.numel_per_sample() for n in g.nodes if n.op == "if") + 3 * max(sizes)
     )
     return max(1, min(at_most, budget // per_image))
