@@ -98,7 +98,7 @@ def main() -> int:
         g0 = import_onnx(path)
     rng = np.random.default_rng(0)
     calib = Images("random", rng.standard_normal((32, 3, 32, 32)).astype(np.float32), None)
-    g, _ = run_pipeline(g0, PassOptions(calib=lambda: calib))
+    g = run_pipeline(g0, PassOptions(calib=lambda: calib)).graph
     x = Images("random", rng.standard_normal((args.batch, 3, 32, 32)).astype(np.float32), None)
     T = args.timesteps
     run_chunks(g, Images("warm", x.x[:2], None), 2, 2, None)  # build sessions, warm caches

@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from bsnnc.backends.rram.cost import Counters
+from bsnnc.backends.rram.sim import TileSimulator
 from bsnnc.compiler.cli import main as bsnnc
 from bsnnc.runtime.artifact import read_artifact
 from bsnnc.runtime.datasets import Images
 from bsnnc.runtime.simulate import metrics, run_chunks
-from bsnnc.runtime.tilesim import Counters, TileSimulator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +16,19 @@ from bsnnc.compiler.console import (
     err,
     layers_table,
     mapping_table,
+    progress_bar,
     resolve_model,
     shape_arg,
 )
-from bsnnc.compiler.frontend.importer import import_onnx
-from bsnnc.compiler.options import add_conversion_options, add_hardware_options, pass_options
-from bsnnc.compiler.passes import (
-    PIPELINES,
-    REGISTRY,
-    PassContext,
-    PassManager,
-    resolve,
+from bsnnc.compiler.driver import Compiled, compile_graph
+from bsnnc.compiler.options import (
+    add_conversion_options,
+    add_hardware_options,
+    pass_options,
+    rram_options,
 )
+from bsnnc.compiler.passes import PIPELINES, REGISTRY, resolve
 from bsnnc.compiler.passes.base import DumpFn
-from bsnnc.compiler.passes.fold_threshold_normalization import name_calibrated_layers
 from bsnnc.compiler.report import layer_table
 from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Graph
@@ -103,34 +103,36 @@ def _dumper(args: argparse.Namespace, stages: list[str]) -> DumpFn:
 
 def run(args: argparse.Namespace) -> int:
     """Compile; returns the exit code."""
+    from bsnnc.compiler.frontend.importer import import_onnx  # onnx loads only to compile
+
     if sum([args.json, args.dump_ir, args.dump_program]) > 1:
         raise BsnncError("--json, --dump-ir and --dump-program all write to stdout; choose one")
     model = resolve_model(args.model)
     names = args.passes if args.passes is not None else PIPELINES[args.pipeline]
-    passes = resolve(names, REGISTRY)
+    resolve(names, REGISTRY)
     dump = _dumper(args, ["import", *names])
     with err.status(f"importing {model.name}"):
         graph = import_onnx(model, args.input_shape)
     dump(0, "import", graph)
-    ctx = PassContext(pass_options(args, graph))
-    pm = PassManager(passes, dump, ctx)
-    graph = pm.run(graph)
-    name_calibrated_layers(ctx.facts, graph)
-    if args.dump_program and "program" not in ctx.facts:
-        raise BsnncError("--dump-program needs the partition-to-tiles pass (the default pipeline)")
+    with progress_bar() as progress:
+        options = replace(pass_options(args, graph), progress=progress)
+        compiled = compile_graph(graph, options, rram_options(args), names=names, dump=dump)
+    if args.dump_program and compiled.tiles is None:
+        raise BsnncError(
+            "--dump-program needs a spiking graph: the default pipeline (or passes ending in "
+            "fold-threshold-normalization)"
+        )
     printing = args.dump_ir or args.dump_program
     out = args.output or (None if printing else Path(model.stem + ".tiles"))
     if out is not None:
         with err.status(f"writing {out}"):
-            write_artifact(out, _artifact(graph, model, names, args, ctx))
-    return _report(args, graph, out, pm)
+            write_artifact(out, _artifact(compiled, model, names, args))
+    return _report(args, compiled, out)
 
 
-def _artifact(
-    g: Graph, model: Path, names: list[str], args: argparse.Namespace, ctx: PassContext
-) -> Artifact:
+def _artifact(c: Compiled, model: Path, names: list[str], args: argparse.Namespace) -> Artifact:
     h = hashlib.sha256(model.read_bytes()).hexdigest() if model.stat().st_size < (1 << 30) else None
-    calib = ctx.facts.get("calibration")
+    calib = c.pipeline.calibration
     meta = {
         "source": {"file": model.name, "sha256": h},
         "passes": list(names),
@@ -140,19 +142,17 @@ def _artifact(
             "norm": args.norm,
             "calib_stat": args.calib_stat,
         },
-        "dataset": _dataset_name(calib["source"]) if calib else None,
+        "dataset": _dataset_name(calib.source) if calib else None,
     }
-    facts = {"calibration": calib, "notes": ctx.notes}
+    facts = {"calibration": calib.as_dict() if calib else None, "notes": c.notes}
     extra = {"calibration.json": json.dumps(facts, indent=2, sort_keys=True).encode()}
-    if "mapping" in ctx.facts:
-        extra["mapping.json"] = json.dumps(ctx.facts["mapping"], indent=1, sort_keys=True).encode()
-    if "program" in ctx.facts:
-        text, arrays = ctx.facts["program"]
+    if c.tiles is not None:
+        extra["mapping.json"] = json.dumps(c.tiles.mapping, indent=1, sort_keys=True).encode()
         buf = io.BytesIO()
-        write_npz(buf, arrays)
-        extra["program.txt"] = text.encode()
+        write_npz(buf, c.tiles.arrays)
+        extra["program.txt"] = c.tiles.program.encode()
         extra["program.npz"] = buf.getvalue()
-    return Artifact(g, meta, extra)
+    return Artifact(c.graph, meta, extra)
 
 
 def _mapping_summary(m: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -166,12 +166,22 @@ def _dataset_name(source: str) -> str:
     return name if name in NAMED else source
 
 
-def _report(args: argparse.Namespace, g: Graph, out: Path | None, pm: PassManager) -> int:
-    rows, timings = layer_table(g), pm.timings
+def calibration_line(calib: dict[str, Any] | None) -> str | None:
+    """``calibrated on 512 images from digits:train`` (None when nothing was calibrated)."""
+    if not calib:
+        return None
+    return f"calibrated on {calib['images']} images from {calib['source']}"
+
+
+def _report(args: argparse.Namespace, c: Compiled, out: Path | None) -> int:
+    g = c.graph
+    rows = layer_table(g)
+    calib = c.pipeline.calibration.as_dict() if c.pipeline.calibration else None
+    mapping = c.tiles.mapping if c.tiles else None
     if args.dump_ir:
         sys.stdout.write(print_graph(g))
-    if args.dump_program:
-        sys.stdout.write(pm.ctx.facts["program"][0])
+    if args.dump_program and c.tiles is not None:
+        sys.stdout.write(c.tiles.program)
     if args.json:
         emit_json(
             {
@@ -179,22 +189,28 @@ def _report(args: argparse.Namespace, g: Graph, out: Path | None, pm: PassManage
                 "output": str(out) if out else None,
                 "graph": g.name,
                 "layers": [r.as_dict() for r in rows],
-                "passes": [{"name": n, "seconds": round(t, 6)} for n, t in timings],
-                "notes": pm.ctx.notes,
-                "mapping": _mapping_summary(pm.ctx.facts.get("mapping")),
-                "calibration": pm.ctx.facts.get("calibration"),
+                "passes": [
+                    {"name": p.name, "seconds": round(p.seconds, 6), "changed": p.changed}
+                    for p in c.pipeline.passes
+                ],
+                "notes": c.notes,
+                "mapping": _mapping_summary(mapping),
+                "calibration": calib,
             }
         )
         return 0
     if not (args.dump_ir or args.dump_program):
         err.print(layers_table(rows, f"@{g.name}: {len(rows)} weighted layers"))
-        if "mapping" in pm.ctx.facts:
-            err.print(mapping_table(pm.ctx.facts["mapping"]))
-        for note in pm.ctx.notes:
+        if mapping is not None:
+            err.print(mapping_table(mapping))
+        for note in c.notes:
             err.print(f"  note: {note}", highlight=False, markup=False)
+        line = calibration_line(calib)
+        if line is not None:
+            err.print(line, markup=False, highlight=False)
     if args.pass_timing:
-        for name, t in timings:
-            err.print(f"  {name:<24} {t * 1000:9.2f} ms")
+        for p in c.pipeline.passes:
+            err.print(f"  {p.name:<24} {p.seconds * 1000:9.2f} ms")
     if out is not None:
         err.print(f"wrote {out}")
     return 0

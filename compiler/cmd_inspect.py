@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
+from bsnnc.backends.rram.cost import load_mapping
 from bsnnc.backends.rram.emit import load_program
 from bsnnc.backends.rram.program import Program
 from bsnnc.compiler.console import (
@@ -17,9 +17,7 @@ from bsnnc.compiler.console import (
     resolve_model,
     shape_arg,
 )
-from bsnnc.compiler.frontend.importer import import_onnx
 from bsnnc.compiler.report import layer_table
-from bsnnc.ir.errors import ArtifactError
 from bsnnc.ir.graph import Graph
 from bsnnc.ir.io import load_ir
 from bsnnc.runtime.artifact import read_artifact
@@ -51,17 +49,14 @@ def load_any(spec: str, input_shape: tuple[int, ...] | None = None) -> tuple[Gra
     if path.suffix == ".tiles" or _is_zip(path):
         a = read_artifact(path)
         facts: dict[str, Any] = {"kind": "artifact", **a.meta}
-        if "mapping.json" in a.extra:
-            try:
-                m = json.loads(a.extra["mapping.json"])
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ArtifactError(
-                    f"{path}: member mapping.json is not valid JSON ({e})"
-                ) from None
-            facts["mapping"] = {k: v for k, v in m.items() if k != "blocks"}
+        mapping = load_mapping(a.extra, str(path))
+        if mapping is not None:
+            facts["mapping"] = mapping.summary()
         if "program.txt" in a.extra:
             facts["program"] = program_summary(load_program(str(path), a.extra))
         return a.graph, facts
+    from bsnnc.compiler.frontend.importer import import_onnx  # onnx loads only when needed
+
     return import_onnx(path, input_shape), {"kind": "onnx"}
 
 

@@ -4,30 +4,89 @@ rates, normalized #OPS and early exit."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from bsnnc.backends.rram.cost import Counters
 from bsnnc.backends.rram.energy import (
     DEFAULT_ENERGY,
     ENERGY_SETS,
-    energy_report,
     load_energy,
 )
 from bsnnc.backends.rram.hw import HwConfig, load_hw
-from bsnnc.compiler.console import emit_json, err, positive_int, size_arg
+from bsnnc.compiler.console import EMBEDDED_MODELS, emit_json, err, positive_int, size_arg
 from bsnnc.compiler.options import check_images
 from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Graph
 from bsnnc.runtime.artifact import read_artifact
-from bsnnc.runtime.datasets import Images, load_images
-from bsnnc.runtime.simulate import ann_accuracy, chunk_size, conversion_summary, metrics, run_chunks
-from bsnnc.runtime.tilesim import Counters, NonIdeal, TileSimulator, cycles
+from bsnnc.runtime.datasets import NAMED, Images, load_images
+
+if TYPE_CHECKING:  # the simulators load onnxruntime: imported when a command runs
+    from bsnnc.backends.rram.sim import NonIdeal
+
+#: options of ``bsnnc compile`` that change the artifact (flag → takes a value): given to
+#: ``simulate`` they fail with "recompile with …" instead of argparse's bare "unrecognized
+#: arguments". (``--hw`` and ``--data-dir`` are options of ``simulate`` too.)
+COMPILE_ONLY: dict[str, bool] = {
+    "--reset": True,
+    "--percentile": True,
+    "--norm": True,
+    "--calib-stat": True,
+    "--calib": True,
+    "--calib-limit": True,
+    "--fp-layers": True,
+    "--pack": False,
+    "--duplicate": True,
+    "--pipeline": True,
+    "--passes": True,
+    "--input-shape": True,
+}
+
+#: the non-ideal crossbar options (dest, flag), and the other options of the crossbar model
+#: (dest, flag): all need ``--backend rram``.
+NONIDEAL_OPTIONS = (
+    ("adc_bits", "--adc-bits"),
+    ("variation", "--variation"),
+    ("stuck_at", "--stuck-at"),
+    ("seed", "--seed"),
+)
+RRAM_OPTIONS = (("hw", "--hw"), ("energy", "--energy"))
+
+
+class CompileOnlyAction(argparse.Action):
+    """A compile-time option given to ``simulate``: a usage error that says how to recompile."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        flag = option_string or self.option_strings[0]
+        given = f" {values}" if isinstance(values, str) else ""
+        artifact = getattr(namespace, "artifact", None) or "ARTIFACT.tiles"
+        parser.error(
+            f"{flag} is a compile-time option: recompile with bsnnc compile MODEL -o {artifact} "
+            f"{flag}{given} (the artifact records how it was converted; simulate only runs it)"
+        )
+
+
+def _add_compile_only(p: argparse.ArgumentParser) -> None:
+    """Register :data:`COMPILE_ONLY`, hidden from ``--help``."""
+    for flag, takes_value in COMPILE_ONLY.items():
+        p.add_argument(
+            flag,
+            action=CompileOnlyAction,
+            nargs="?" if takes_value else 0,
+            dest=f"compile_only_{flag.strip('-').replace('-', '_')}",
+            default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS,
+        )
 
 
 def add_parser(sub: Any) -> None:
@@ -81,20 +140,16 @@ def add_parser(sub: Any) -> None:
     ni.add_argument(
         "--variation",
         type=float,
-        default=0.0,
         metavar="SIGMA",
-        help="relative σ of each cell's conductance",
+        help="relative σ of each cell's conductance (default: 0)",
     )
     ni.add_argument(
         "--stuck-at",
         type=float,
-        default=0.0,
         metavar="P",
-        help="fraction of cells stuck at +1 or −1",
+        help="fraction of cells stuck at +1 or −1 (default: 0)",
     )
-    ni.add_argument(
-        "--seed", type=int, default=0, help="seed of the non-idealities (default: %(default)s)"
-    )
+    ni.add_argument("--seed", type=int, help="seed of the non-idealities (default: 0)")
     p.add_argument(
         "--hw",
         metavar="PRESET|FILE",
@@ -117,16 +172,39 @@ def add_parser(sub: Any) -> None:
         "--plot",
         type=Path,
         metavar="PNG",
-        help="write the accuracy-vs-timestep curve (needs matplotlib)",
+        help="write the accuracy-vs-timestep curve (needs matplotlib; the directory must exist)",
     )
+    _add_compile_only(p)
     p.set_defaults(func=run)
 
 
 def _images(args: argparse.Namespace, meta: dict[str, Any]) -> Images:
+    """``--images``, else the test split of the artifact's data set, else (an .npz) the
+    calibration images themselves, with a warning."""
     spec = args.images or meta.get("dataset")
     if spec is None:
         raise BsnncError("no --images given and the artifact records no data set; pass --images")
+    if args.images is None and spec not in NAMED:
+        err.print(
+            f"warning: no --images given: evaluating on the calibration images {spec}; pass "
+            "--images for a held-out set",
+            style="bold yellow",
+            markup=False,
+            highlight=False,
+        )
     return load_images(spec, split="test", limit=args.limit, root=args.data_dir)
+
+
+def _check_artifact_path(path: Path) -> None:
+    """An ONNX model or an embedded model's name given instead of a .tiles artifact: say how
+    to compile it."""
+    spec = str(path)
+    if path.suffix.lower() == ".onnx" or (not path.exists() and spec in EMBEDDED_MODELS):
+        tiles = f"{path.stem}.tiles"
+        raise BsnncError(
+            f"{spec} is a model, not a .tiles artifact: compile it first: bsnnc compile {spec} "
+            f"-o {tiles}, then bsnnc simulate {tiles}"
+        )
 
 
 def _spiking_graph(path: Path) -> Graph:
@@ -141,11 +219,25 @@ def _spiking_graph(path: Path) -> Graph:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``simulate``; returns the exit code."""
+    from bsnnc.backends.rram.report import rram_report
+    from bsnnc.backends.rram.sim import TileSimulator
+    from bsnnc.runtime.simulate import (
+        ann_accuracy,
+        chunk_size,
+        conversion_summary,
+        metrics,
+        run_chunks,
+    )
+
+    _check_artifact_path(args.artifact)
     nonideal = _nonideal(args)
     hw = _hw(args)
+    plt = _pyplot(args.plot)
     art = read_artifact(args.artifact)
     g = _spiking_graph(args.artifact)
     images = check_images(_images(args, art.meta), g, "--images")
+    if args.plot is not None and images.y is None:
+        raise BsnncError(f"--plot needs labelled images ({images.name} has no y)")
     T = args.timesteps
     size = chunk_size(g, T, args.batch, args.max_memory)
     t0 = time.perf_counter()
@@ -185,12 +277,14 @@ def run(args: argparse.Namespace) -> int:
             "seconds": round(seconds, 3),
             "image_timesteps_per_second": round(len(images) * T / seconds, 1) if seconds else None,
             "reset": art.meta.get("conversion", {}).get("reset"),
+            "evaluated_on_calibration_images": args.images is None
+            and images.name == art.meta.get("dataset"),
         }
     )
     if sim is not None and energy is not None:
-        out.update(rram_report(sim, counters, len(images), art.extra, energy))
+        out.update(rram_report(sim, counters, len(images), energy))
     if args.plot is not None:
-        plot_curve(args.plot, out)
+        plot_curve(args.plot, out, plt)
     if args.json:
         emit_json(out)
     else:
@@ -198,63 +292,46 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _given(args: argparse.Namespace, options: tuple[tuple[str, str], ...]) -> list[str]:
+    """The flags of ``options`` (dest, flag) given on the command line."""
+    return [flag for dest, flag in options if getattr(args, dest) is not None]
+
+
 def _hw(args: argparse.Namespace) -> HwConfig | None:
-    if args.hw is None:
-        return None
-    if args.backend != "rram":
-        raise BsnncError("--hw needs --backend rram")
-    return load_hw(args.hw)
+    """``--hw`` loaded; ``--hw`` and ``--energy`` need ``--backend rram``."""
+    given = _given(args, RRAM_OPTIONS)
+    if given and args.backend != "rram":
+        verb = "needs" if len(given) == 1 else "need"
+        raise BsnncError(
+            f"{' and '.join(given)} {verb} --backend rram (the numpy backend has no crossbar "
+            "hardware and would ignore it)"
+        )
+    return None if args.hw is None else load_hw(args.hw)
 
 
 def _nonideal(args: argparse.Namespace) -> NonIdeal:
-    ni = NonIdeal(args.adc_bits, args.variation, args.stuck_at, args.seed)
-    if not ni.ideal and args.backend != "rram":
-        raise BsnncError("--adc-bits, --variation and --stuck-at need --backend rram")
+    """The non-idealities; they need ``--backend rram``."""
+    from bsnnc.backends.rram.sim import NonIdeal
+
+    given = _given(args, NONIDEAL_OPTIONS)
+    if given and args.backend != "rram":
+        raise BsnncError(
+            f"{', '.join(given)}: the non-idealities (--adc-bits, --variation, --stuck-at, "
+            "--seed) need --backend rram"
+        )
+    ni = NonIdeal(args.adc_bits, args.variation or 0.0, args.stuck_at or 0.0, args.seed or 0)
     if ni.variation < 0 or not 0 <= ni.stuck_at <= 1:
         raise BsnncError("--variation must be ≥ 0 and --stuck-at within [0, 1]")
     return ni
 
 
-def rram_report(
-    sim: TileSimulator, c: Counters, images: int, extra: dict[str, bytes], energy: dict[str, Any]
-) -> dict[str, Any]:
-    """The tile simulator's numbers: events per inference (averaged over images, up to each
-    image's exit step under early exit),
-    cycles of the pipeline model, and the mapping's arrays, bounds and utilization."""
-    per = {
-        k: float(getattr(c, k).sum()) / images
-        for k in (
-            "row_activations",
-            "reads_issued",
-            "reads_skipped",
-            "conversions",
-            "psum_adds",
-            "neuron_updates",
-            "spike_packets",
-            "packet_hops",
-            "cell_reads",
-        )
-    }
-    cyc = cycles(c, images)
-    mapping = json.loads(extra["mapping.json"]) if "mapping.json" in extra else {}
-    keep = ("arrays", "arrays_bound_per_layer", "arrays_bound_global", "utilization", "bnn_arrays")
-    bits = sim.nonideal.adc_bits or sim.hw.adc_bits
-    return {
-        **per,
-        **cyc,
-        **energy_report(per, energy, bits),
-        "latency_s": cyc["cycles"] / sim.hw.clock_hz,
-        "hw": sim.hw.name,
-        "nonideal": dataclasses.asdict(sim.nonideal),
-        **{k: mapping[k] for k in keep if k in mapping},
-    }
-
-
-def plot_curve(path: Path, out: dict[str, Any]) -> None:
-    """Accuracy vs timestep (and the ANN accuracy) as a PNG."""
-    curve = out.get("accuracy_per_timestep")
-    if curve is None:
-        raise BsnncError("--plot needs labelled images (the image set has no y)")
+def _pyplot(path: Path | None) -> Any:
+    """matplotlib's pyplot for ``--plot PATH`` (None without it), checked before simulating:
+    PATH's directory must exist and matplotlib must be importable."""
+    if path is None:
+        return None
+    if not path.parent.is_dir():
+        raise BsnncError(f"--plot {path}: directory {path.parent} does not exist; create it first")
     try:
         import matplotlib
 
@@ -262,6 +339,15 @@ def plot_curve(path: Path, out: dict[str, Any]) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise BsnncError("--plot needs matplotlib: pip install 'bsnnc[plot]'") from None
+    return plt
+
+
+def plot_curve(path: Path, out: dict[str, Any], plt: Any) -> None:
+    """Accuracy vs timestep (and the ANN accuracy) as a PNG, drawn with ``plt`` (pyplot, from
+    :func:`_pyplot`)."""
+    curve = out.get("accuracy_per_timestep")
+    if curve is None:
+        raise BsnncError("--plot needs labelled images (the image set has no y)")
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     ax.plot(range(1, len(curve) + 1), [100 * a for a in curve], label="B-SNN")
     if out.get("ann_accuracy") is not None:
@@ -273,7 +359,6 @@ def plot_curve(path: Path, out: dict[str, Any]) -> None:
     ax.legend(loc="lower right")
     fig.tight_layout()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path)
     except OSError as e:
         raise BsnncError(f"{path}: cannot write the plot ({e.strerror or e})") from None
@@ -288,8 +373,8 @@ def _print(out: dict[str, Any]) -> None:
         title=f"B-SNN on {out['images']} images ({out['images_source']}), T={out['timesteps']}",
         title_justify="left",
     )
-    t.add_column("metric")
-    t.add_column("value", justify="right")
+    t.add_column("metric", overflow="fold")
+    t.add_column("value", justify="right", overflow="fold")
     if out.get("ann_accuracy") is not None:
         t.add_row("ANN accuracy", f"{out['ann_accuracy']:.2%}")
     if curve is not None:
@@ -318,7 +403,7 @@ def _print(out: dict[str, Any]) -> None:
             "  bounds (pipelined / serial)",
             f"{out['cycles_lower_bound']:,.0f} / {out['cycles_upper_bound']:,.0f}",
         )
-        t.add_row("  critical layer", str(out["critical_layer"]))
+        t.add_row("  critical layer", str(out["critical_layer_name"]))
         t.add_row("row activations / inference", f"{out['row_activations']:,.0f}")
         issued, skipped = out["reads_issued"], out["reads_skipped"]
         t.add_row("array reads issued / skipped", f"{issued:,.0f} / {skipped:,.0f}")
@@ -336,8 +421,8 @@ def _print(out: dict[str, Any]) -> None:
         t.add_row("spike packets × mean hops", f"{out['spike_packets']:,.0f} × {mean_hops:.2f}")
     err.print(t)
     r = Table(title="per layer", title_justify="left")
-    r.add_column("IF layer")
-    r.add_column("spike rate / step", justify="right")
+    r.add_column("IF layer", overflow="fold")
+    r.add_column("spike rate / step", justify="right", no_wrap=True, overflow="fold")
     for k, v in out["spike_rates"].items():
         r.add_row(k, f"{v:.4f}")
     err.print(r)

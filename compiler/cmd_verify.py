@@ -6,16 +6,13 @@ import argparse
 from typing import Any
 
 import numpy as np
-import onnx
 from rich.progress import Progress
 from rich.table import Table
 
 from bsnnc.compiler.console import emit_json, err, positive_int, resolve_model, shape_arg
-from bsnnc.compiler.frontend.importer import import_onnx
 from bsnnc.ir.graph import Graph
 from bsnnc.runtime.ann import run_ann
 from bsnnc.runtime.datasets import Images, load_images
-from bsnnc.runtime.ort import run_onnxruntime
 
 DEFAULT_RTOL = 1e-4
 
@@ -88,6 +85,11 @@ def compare(ref: np.ndarray, other: np.ndarray) -> tuple[float, float]:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``verify``; returns the exit code (1 when over tolerance)."""
+    import onnx
+
+    from bsnnc.compiler.frontend.importer import import_onnx
+    from bsnnc.runtime.ort import run_onnxruntime
+
     path = resolve_model(args.model)
     g = import_onnx(path, args.input_shape)
     images = _inputs(args, g)

@@ -5,19 +5,45 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
+from bsnnc.compiler.passes.base import ProgressFn
 from bsnnc.compiler.report import LayerRow
 from bsnnc.ir.errors import BsnncError
 from bsnnc.runtime.datasets import embedded_file
 
+#: the width of the console when stderr is not a terminal: wide enough for any table.
+PIPE_WIDTH = 4096
+
+
+class StderrConsole(Console):
+    """A rich console that is as wide as its output when it is not a terminal.
+
+    In a pipe or a file (and under ``COLUMNS=40``) lines are never wrapped or cut: a table
+    keeps its natural width, so no number is truncated to ``315,703,2…``. In a terminal the
+    terminal's width applies, and the tables fold their cells instead of cutting them.
+    """
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        """The terminal's size, or :data:`PIPE_WIDTH` columns when not a terminal."""
+        dims = super().size
+        return dims if self.is_terminal else ConsoleDimensions(PIPE_WIDTH, dims.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+
+
 #: human-facing output goes to stderr so stdout stays machine-readable.
-err = Console(stderr=True, highlight=False)
+err = StderrConsole(stderr=True, highlight=False)
 
 EMBEDDED_MODELS = {"digits": "digits.onnx"}
 
@@ -91,10 +117,10 @@ def resolve_model(spec: str) -> Path:
 def layers_table(rows: Sequence[LayerRow], title: str) -> Table:
     """A rich table of weighted layers with totals."""
     t = Table(title=title, title_justify="left")
-    t.add_column("#", justify="right")
+    t.add_column("#", justify="right", no_wrap=True, overflow="fold")
     for col in ("layer", "op", "output", "weights", "binary", "α"):
-        t.add_column(col)
-    t.add_column("ops/image", justify="right")
+        t.add_column(col, overflow="fold")
+    t.add_column("ops/image", justify="right", no_wrap=True, overflow="fold")
     for r in rows:
         binary = "[green]yes[/]" if r.binary else "no"
         name = r.loc or r.value
@@ -115,14 +141,16 @@ def _pct(a: int, b: int) -> str:
 
 
 def mapping_table(m: dict[str, Any]) -> Table:
-    """The crossbar mapping report (the summary partition-to-tiles records)."""
+    """The crossbar mapping report (the summary the backend lowering records)."""
     hw = m["hw_config"]
     t = Table(
         title=f"crossbar mapping on {m['hw']} ({hw['rows']}×{hw['columns']} arrays)",
         title_justify="left",
     )
-    for col in ("layer", "kind", "matrix K×N", "blocks", "copies", "arrays", "bound"):
-        t.add_column(col, justify="left" if col in ("layer", "kind") else "right")
+    for col in ("layer", "kind"):
+        t.add_column(col, overflow="fold")
+    for col in ("matrix K×N", "blocks", "copies", "arrays", "bound"):
+        t.add_column(col, justify="right", no_wrap=True, overflow="fold")
     for lm in m["layers"]:
         blocks = f"{lm['row_blocks']}×{lm['col_blocks']}" if lm["kind"] != "digital" else "—"
         t.add_row(
@@ -151,3 +179,19 @@ def mapping_table(m: dict[str, Any]) -> Table:
         f"{m['bnn_arrays']} arrays · {p['tiles']} tiles on a {p['mesh'][0]}×{p['mesh'][1]} mesh"
     )
     return t
+
+
+@contextmanager
+def progress_bar() -> Iterator[ProgressFn]:
+    """A transient progress bar on stderr (drawn only in a terminal), driven through the
+    :data:`~bsnnc.compiler.passes.base.ProgressFn` callback that passes report to: one bar
+    per distinct ``what``."""
+    with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def report(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=total)
+            bar.update(tasks[what], completed=done, total=total)
+
+        yield report

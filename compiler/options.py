@@ -6,12 +6,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bsnnc.backends.rram.hw import DEFAULT, PRESETS
+from bsnnc.backends.rram.hw import PRESETS
+from bsnnc.backends.rram.lower import RramOptions
 from bsnnc.compiler.console import percentile_arg, positive_int
 from bsnnc.compiler.passes import PassOptions
 from bsnnc.ir.errors import DataError
 from bsnnc.ir.graph import Graph
-from bsnnc.runtime.datasets import Images, load_images
+from bsnnc.runtime.datasets import NAMED, NPZ_FORMAT, Images, load_images
+
+#: the defaults of the command line are the library's: one set
+_PASS, _RRAM = PassOptions(), RramOptions()
 
 
 def add_conversion_options(p: Any) -> None:
@@ -20,26 +24,26 @@ def add_conversion_options(p: Any) -> None:
     conv.add_argument(
         "--reset",
         choices=("subtract", "zero"),
-        default="subtract",
+        default=_PASS.reset,
         help="IF reset: subtract θ (default, lower latency) or reset to zero",
     )
     conv.add_argument(
         "--percentile",
         type=percentile_arg,
-        default=99.7,
+        default=_PASS.percentile,
         help="percentile of the calibration statistic that maps to the maximum rate, or 'max' "
         "(default: %(default)s)",
     )
     conv.add_argument(
         "--norm",
         choices=("layer", "channel"),
-        default="layer",
+        default=_PASS.granularity,
         help="one threshold scale per layer (default) or per output channel (approximate)",
     )
     conv.add_argument(
         "--calib-stat",
         choices=("image-max", "activations"),
-        default="image-max",
+        default=_PASS.statistic,
         help="statistic: each image's maximum activation (default, the paper) or every "
         "activation value (the authors' code)",
     )
@@ -66,7 +70,7 @@ def add_hardware_options(p: Any) -> None:
     hw = p.add_argument_group("hardware (RRAM crossbar)")
     hw.add_argument(
         "--hw",
-        default=DEFAULT,
+        default=_RRAM.hw,
         metavar="PRESET|FILE",
         help=f"hardware configuration: {', '.join(PRESETS)} or a .json/.toml file "
         "(default: %(default)s)",
@@ -79,7 +83,7 @@ def add_hardware_options(p: Any) -> None:
     hw.add_argument(
         "--duplicate",
         type=float,
-        default=1.0,
+        default=_RRAM.duplicate,
         metavar="F",
         help="spend up to F× the arrays on copies of the bottleneck layers to balance the "
         "pipeline (default: 1, no copies)",
@@ -87,7 +91,7 @@ def add_hardware_options(p: Any) -> None:
     hw.add_argument(
         "--fp-layers",
         choices=("digital", "bitsliced"),
-        default="digital",
+        default=_RRAM.fp_layers,
         help="full-precision first/last layers: digital (no arrays, default) or bit-sliced "
         "onto arrays (8-bit weights)",
     )
@@ -106,9 +110,21 @@ def check_images(images: Images, g: Graph, what: str) -> Images:
     return images
 
 
+def missing_calib() -> Images:
+    """The calibration images of a compile without ``--calib`` (and not a 1×8×8 model): a
+    :class:`DataError` that says what ``--calib`` accepts."""
+    raise DataError(
+        "fold-threshold-normalization needs calibration images: pass --calib NAME|PATH, with "
+        f"NAME one of {', '.join(NAMED)} (their training split; cifar and imagenet are read from "
+        f"--data-dir or $BSNNC_DATA), or PATH {NPZ_FORMAT}; without --calib only 1×8×8 models "
+        "calibrate (on digits)"
+    )
+
+
 def pass_options(args: argparse.Namespace, g: Graph) -> PassOptions:
     """PassOptions from the parsed conversion options; calibration images load lazily
-    (default: digits for 1×8×8 models)."""
+    (default: digits for 1×8×8 models; otherwise, without ``--calib``, loading them fails with
+    :func:`missing_calib`'s message)."""
     spec = args.calib
     if spec is None and tuple(g.inputs()[0].type.shape[1:]) == (1, 8, 8):
         spec = "digits"
@@ -125,9 +141,12 @@ def pass_options(args: argparse.Namespace, g: Graph) -> PassOptions:
         percentile=args.percentile,
         granularity=args.norm,
         statistic=args.calib_stat,
-        calib=calib if spec is not None else None,
-        hw=getattr(args, "hw", DEFAULT),
-        pack=getattr(args, "pack", False),
-        fp_layers=getattr(args, "fp_layers", "digital"),
-        duplicate=getattr(args, "duplicate", 1.0),
+        calib=calib if spec is not None else missing_calib,
+    )
+
+
+def rram_options(args: argparse.Namespace) -> RramOptions:
+    """RramOptions from the parsed hardware options."""
+    return RramOptions(
+        hw=args.hw, pack=args.pack, fp_layers=args.fp_layers, duplicate=args.duplicate
     )

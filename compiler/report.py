@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from bsnnc.ir.graph import Graph, Node, attr_float
+from bsnnc.ir.ops import Trait, has_trait, is_binary_layer, layer_ops, weight_of
 from bsnnc.ir.types import Kind
 
 
@@ -35,16 +36,6 @@ class LayerRow:
         return asdict(self)
 
 
-def layer_ops(g: Graph, n: Node) -> int:
-    """Operations per image of a conv2d/dense node (the paper's formulas)."""
-    w = g.constants[n.const_operands()[0]].type.shape
-    if n.op == "conv2d":
-        cin, kh, kw, cout = int(w[1] or 0), int(w[2] or 0), int(w[3] or 0), int(w[0] or 0)
-        oh, ow = int(n.type.shape[2] or 0), int(n.type.shape[3] or 0)
-        return cin * kh * kw * cout * oh * ow
-    return int(w[0] or 0) * int(w[1] or 0)
-
-
 def _alpha(g: Graph, n: Node, users: dict[str, list[Node]]) -> str:
     """α of a binary layer: the factor of the ``scale`` that reads it directly."""
     for u in users.get(n.result, []):
@@ -66,10 +57,10 @@ def layer_table(g: Graph) -> list[LayerRow]:
     types = {n.result: n.type for n in g.nodes}
     rows: list[LayerRow] = []
     for n in g.nodes:
-        if n.op not in ("conv2d", "dense"):
+        if not has_trait(n.op, Trait.WEIGHTED):
             continue
-        wc = g.constants[n.const_operands()[0]]
-        binary = wc.type.kind == Kind.BIPOLAR
+        wc = weight_of(g, n)
+        binary = is_binary_layer(g, n)
         rows.append(
             LayerRow(
                 index=len(rows),

@@ -40,7 +40,9 @@ class Constant:
     @staticmethod
     def from_array(name: str, kind: Kind, data: np.ndarray) -> Constant:
         """Build a constant, converting ``data`` to the storage dtype of ``kind``."""
-        arr = np.ascontiguousarray(data, dtype=STORAGE_DTYPE[kind])
+        arr = np.ascontiguousarray(np.asarray(data), dtype=STORAGE_DTYPE[kind]).reshape(
+            np.shape(data)
+        )
         return Constant(name, TensorType(kind, tuple(arr.shape)), digest_array(kind, arr), arr)
 
     def array(self) -> np.ndarray:
@@ -117,8 +119,11 @@ class Graph:
         return {k: c.data for k, c in self.constants.items() if c.data is not None}
 
     def attach_weights(self, weights: Mapping[str, np.ndarray]) -> None:
-        """Give every constant its data from ``weights`` (the verifier checks shape and hash)."""
+        """Give every constant without data (inline constants keep theirs) its data from
+        ``weights`` (the verifier checks shape and hash)."""
         for name, c in self.constants.items():
+            if c.data is not None:
+                continue
             if name not in weights:
                 raise KeyError(name)
             c.data = np.ascontiguousarray(weights[name], dtype=STORAGE_DTYPE[c.type.kind])

@@ -93,15 +93,16 @@ def load_ir(path: str | os.PathLike[str], *, need_weights: bool = True) -> Graph
     wp = weights_path(p)
     if wp.is_file():
         attach(g, read_npz(wp), str(wp))
-    elif need_weights and g.constants:
+    elif need_weights and any(c.data is None for c in g.constants.values()):
         raise BsnncError(f"{p}: its weights file {wp} is missing (write it with --dump-dir)")
     verify(g)
     return g
 
 
 def attach(g: Graph, weights: Mapping[str, np.ndarray], source: str) -> None:
-    """Attach weights to a parsed graph; names the first constant that has no data."""
-    missing = sorted(set(g.constants) - set(weights))
+    """Attach weights to the constants of a parsed graph that have no inline data; names the
+    constants the weights file lacks."""
+    missing = sorted(k for k, c in g.constants.items() if c.data is None and k not in weights)
     if missing:
         raise BsnncError(f"{source}: no data for constant(s) {', '.join('@' + m for m in missing)}")
     g.attach_weights(weights)

@@ -16,9 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
 
 from bsnnc.ir.errors import VerifyError
-from bsnnc.ir.graph import Attrs, AttrValue, attr_float, attr_int
+from bsnnc.ir.graph import Attrs, AttrValue, Constant, Graph, Node, attr_float, attr_int
 from bsnnc.ir.types import Dim, Kind, TensorType
 
 Infer = Callable[[Sequence[TensorType], Attrs], TensorType]
@@ -39,9 +42,30 @@ class AttrSpec:
         return self.default is None
 
 
+class Trait(Enum):
+    """Facts about an op that passes, runtimes and backends ask instead of listing op names."""
+
+    #: ``y = x · W`` with a constant weight as the second operand (conv2d, dense): a crossbar
+    #: layer when W is ``bipolar``.
+    WEIGHTED = "weighted"
+    #: a window over H and W (or all of them).
+    POOL = "pool"
+    #: a positive-homogeneous linear map of its input (f(c·x) = c·f(x), f(x + y) = f(x) + f(y)
+    #: per window): average pools. Scales and biases commute with it channel by channel.
+    LINEAR_POOL = "linear-pool"
+    #: only moves elements (flatten, reshape).
+    SHAPE = "shape"
+    #: per-tensor/per-channel ``x·s`` or ``x + b`` (scale, bias).
+    AFFINE = "affine"
+    #: 0/1 spikes in give 0/1 spikes out, so the op passes spike trains through unchanged in
+    #: meaning (maxpool of spikes, flatten, reshape).
+    SPIKE_PASS_THROUGH = "spike-pass-through"
+
+
 @dataclass(frozen=True)
 class OpDef:
-    """One op: operand slots (``value``, ``const`` or optional ``const?``), attributes, inference.
+    """One op: operand slots (``value``, ``const`` or optional ``const?``), attributes, inference,
+    traits.
 
     ``infer`` is ``None`` only for ``input``, whose type is declared.
     """
@@ -51,6 +75,7 @@ class OpDef:
     operands: tuple[str, ...]
     attrs: dict[str, AttrSpec] = field(default_factory=dict)
     infer: Infer | None = None
+    traits: frozenset[Trait] = frozenset()
 
 
 def _fail(msg: str) -> VerifyError:
@@ -228,14 +253,23 @@ OPS: dict[str, OpDef] = {
                 "dilation": AttrSpec("ints", (1, 1), length=2),
             },
             _infer_conv2d,
+            frozenset({Trait.WEIGHTED}),
         ),
-        OpDef("dense", "y = x · Wᵀ with W [out, in]", ("value", "const"), {}, _infer_dense),
+        OpDef(
+            "dense",
+            "y = x · Wᵀ with W [out, in]",
+            ("value", "const"),
+            {},
+            _infer_dense,
+            frozenset({Trait.WEIGHTED}),
+        ),
         OpDef(
             "avgpool",
             "average pooling (count_include_pad as in ONNX)",
             ("value",),
             {**_WIN, "count_include_pad": AttrSpec("bool", False)},
             _infer_pool(Kind.F32),
+            frozenset({Trait.POOL, Trait.LINEAR_POOL}),
         ),
         OpDef(
             "maxpool",
@@ -243,15 +277,31 @@ OPS: dict[str, OpDef] = {
             ("value",),
             {**_WIN, "dilation": AttrSpec("ints", (1, 1), length=2)},
             _infer_pool(None),
+            frozenset({Trait.POOL, Trait.SPIKE_PASS_THROUGH}),
         ),
-        OpDef("global_avgpool", "mean over H and W", ("value",), {}, _infer_global_avgpool),
-        OpDef("flatten", "[N, ...] → [N, Π ...]", ("value",), {}, _infer_flatten),
+        OpDef(
+            "global_avgpool",
+            "mean over H and W",
+            ("value",),
+            {},
+            _infer_global_avgpool,
+            frozenset({Trait.POOL, Trait.LINEAR_POOL}),
+        ),
+        OpDef(
+            "flatten",
+            "[N, ...] → [N, Π ...]",
+            ("value",),
+            {},
+            _infer_flatten,
+            frozenset({Trait.SHAPE, Trait.SPIKE_PASS_THROUGH}),
+        ),
         OpDef(
             "reshape",
             "[N, ...] → [N, *shape] (per-sample shape)",
             ("value",),
             {"shape": AttrSpec("ints")},
             _infer_reshape,
+            frozenset({Trait.SHAPE, Trait.SPIKE_PASS_THROUGH}),
         ),
         OpDef("relu", "max(x, 0)", ("value",), {}, _infer_same((Kind.F32, Kind.I32))),
         OpDef(
@@ -260,6 +310,7 @@ OPS: dict[str, OpDef] = {
             ("value", "const?"),
             {"factor": AttrSpec("float", 1.0), "axis": _AXIS},
             _infer_affine("scale"),
+            frozenset({Trait.AFFINE}),
         ),
         OpDef(
             "bias",
@@ -267,6 +318,7 @@ OPS: dict[str, OpDef] = {
             ("value", "const?"),
             {"value": AttrSpec("float", 0.0), "axis": _AXIS},
             _infer_affine("bias"),
+            frozenset({Trait.AFFINE}),
         ),
         OpDef(
             "if",
@@ -289,6 +341,48 @@ OPS: dict[str, OpDef] = {
         ),
     ]
 }
+
+
+def has_trait(op: str, *traits: Trait) -> bool:
+    """True when op ``op`` has any of ``traits`` (unknown ops have none)."""
+    d = OPS.get(op)
+    return d is not None and any(t in d.traits for t in traits)
+
+
+def ops_with(trait: Trait) -> tuple[str, ...]:
+    """The ops that have ``trait``, in table order."""
+    return tuple(name for name, d in OPS.items() if trait in d.traits)
+
+
+def weight_of(g: Graph, n: Node) -> Constant:
+    """The weight constant of a :attr:`Trait.WEIGHTED` node."""
+    return g.constants[n.const_operands()[0]]
+
+
+def is_binary_layer(g: Graph, n: Node) -> bool:
+    """A weighted node whose weights are ``bipolar`` (±1): a crossbar layer of the B-SNN."""
+    return has_trait(n.op, Trait.WEIGHTED) and weight_of(g, n).type.kind == Kind.BIPOLAR
+
+
+def layer_ops(g: Graph, n: Node) -> int:
+    """Operations per image of a weighted node (the paper's formulas): a convolution costs
+    ``nIP·kH·kW·nOP·oH·oW``, a dense layer ``iS·oS``."""
+    w = weight_of(g, n).type.shape
+    if n.op == "conv2d":
+        cin, kh, kw, cout = int(w[1] or 0), int(w[2] or 0), int(w[3] or 0), int(w[0] or 0)
+        oh, ow = int(n.type.shape[2] or 0), int(n.type.shape[3] or 0)
+        return cin * kh * kw * cout * oh * ow
+    return int(w[0] or 0) * int(w[1] or 0)
+
+
+#: an IF threshold keeps at least this many significant bits on its dyadic grid.
+THRESHOLD_BITS = 20
+
+
+def threshold_unit(theta: np.ndarray) -> int:
+    """The exponent u of the dyadic threshold grid 2^u: ⌊log2 min θ⌋ − :data:`THRESHOLD_BITS`,
+    so that every θ = Θ·2^u with an integer Θ of at least 20 significant bits."""
+    return int(np.floor(np.log2(np.min(theta)))) - THRESHOLD_BITS
 
 
 def normalize_attrs(op: OpDef, attrs: Attrs) -> Attrs:

@@ -1,24 +1,45 @@
 """Parse IR text (grammar: ``grammar.lark``) back into a :class:`Graph`.
 
 Syntax errors and semantic errors found while building the graph (unknown op, unknown
-attribute, wrong attribute kind) are reported as ``source:line:column: message`` with the
-offending line and a caret. Type and shape checks are left to :mod:`bsnnc.ir.verifier`,
-which also names the line of each node.
+attribute, wrong attribute kind, a malformed inline constant) are reported as
+``source:line:column: message`` with the offending line and a caret
+(:func:`bsnnc.ir.diagnostics.format_diagnostic`). Type and shape checks are left to
+:mod:`bsnnc.ir.verifier`, which also names the line of each node.
+
+Constants are declared either with a content hash (``const @w : bipolar[64,32,3,3]
+#0123456789abcdef``; the data is attached later from the .npz beside the text, see
+:meth:`Graph.attach_weights`) or, when small, with their data inline::
+
+    const @w0 : bipolar[2,3] = [[1,-1,1],[-1,1,1]]   // nested lists that mirror the shape
+    const @w0 : bipolar[2,3] = [1,-1,1,-1,1,1]       // or one flat list, row-major
+    const @s : f32[3] = [0.5,-2.0,inf]
+
+The literal must hold exactly as many elements as the declared (static) shape, at most
+:data:`MAX_INLINE_ELEMENTS`; ``f32`` takes floats or ints (``nan``, ``inf``, ``-inf`` allowed,
+finite values must fit in float32), ``bipolar`` takes ``1``/``-1``, ``spike`` ``0``/``1`` and
+``i32`` ints in the int32 range. An inline constant comes back with its data and the content
+hash of that data.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from functools import cache
 from importlib import resources
 
+import numpy as np
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
+from bsnnc.ir.diagnostics import expected_terminals, format_diagnostic, syntax_position
 from bsnnc.ir.errors import IRParseError
-from bsnnc.ir.graph import AttrValue, Constant, Graph, Node
+from bsnnc.ir.graph import AttrValue, Constant, Graph, Node, digest_array
 from bsnnc.ir.ops import OPS, AttrSpec, coerce_attr, normalize_attrs
-from bsnnc.ir.types import Dim, Kind, TensorType
+from bsnnc.ir.types import STORAGE_DTYPE, Dim, Kind, TensorType
+
+#: the largest constant (in elements) that may be written inline in IR text.
+MAX_INLINE_ELEMENTS = 65_536
 
 _READABLE = {
     "VALUE_NAME": "a value name like %0",
@@ -56,37 +77,28 @@ def _lark() -> Lark:
     return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True)
 
 
-def _context(text: str, line: int, column: int) -> str:
-    lines = text.splitlines()
-    src = lines[line - 1] if 0 < line <= len(lines) else ""
-    return f"\n  {src}\n  {' ' * (column - 1)}^"
-
-
 def _error(source: str, text: str, line: int, column: int, msg: str) -> IRParseError:
-    return IRParseError(f"{source}:{line}:{column}: {msg}{_context(text, line, column)}")
+    return IRParseError(format_diagnostic(source, text, line, column, msg))
 
 
 def _syntax_error(source: str, text: str, e: UnexpectedInput) -> IRParseError:
-    expected = sorted({_READABLE.get(t, t) for t in (e.expected if hasattr(e, "expected") else [])})
     if isinstance(e, UnexpectedToken):
         got = "end of input" if e.token.type == "$END" else repr(str(e.token))
-        exp = getattr(e, "accepts", None) or e.expected
-        expected = sorted({_READABLE.get(t, t) for t in exp})
     elif isinstance(e, UnexpectedCharacters):
         got = repr(e.char)
-        expected = sorted({_READABLE.get(t, t) for t in e.allowed})
     elif isinstance(e, UnexpectedEOF):
         got = "end of input"
     else:  # pragma: no cover - lark has no other subclasses
         got = "input"
+    expected = sorted({_READABLE.get(t, t) for t in expected_terminals(e)})
     want = f"; expected {' or '.join(expected)}" if expected else ""
-    line = e.line if e.line and e.line > 0 else len(text.splitlines())
-    col = e.column if e.column and e.column > 0 else 1
+    line, col = syntax_position(e, text)
     return _error(source, text, line, col, f"unexpected {got}{want}")
 
 
 def parse(text: str, source: str = "<ir>") -> Graph:
-    """Parse IR text. Constants come back without data (see :meth:`Graph.attach_weights`)."""
+    """Parse IR text. Constants declared with a hash come back without data (see
+    :meth:`Graph.attach_weights`); inline constants come back with theirs."""
     try:
         tree = _lark().parse(text)
     except UnexpectedInput as e:
@@ -124,9 +136,87 @@ class _Builder:
         return g
 
     def const(self, t: Tree[Token]) -> Constant:
-        name, ty, digest = t.children
-        assert isinstance(name, Token) and isinstance(ty, Tree) and isinstance(digest, Token)
-        return Constant(str(name)[1:], self.type(ty), str(digest)[1:])
+        name, ty, body = t.children
+        assert isinstance(name, Token) and isinstance(ty, Tree)
+        ctype = self.type(ty)
+        if isinstance(body, Token):
+            return Constant(str(name)[1:], ctype, str(body)[1:])
+        assert isinstance(body, Tree)
+        data = self.inline_data(str(name), ctype, body)
+        # not Constant.from_array: np.ascontiguousarray would make a rank-0 array rank 1
+        return Constant(str(name)[1:], ctype, digest_array(ctype.kind, data), data)
+
+    def inline_data(self, name: str, ctype: TensorType, t: Tree[Token]) -> np.ndarray:
+        """The array an inline literal spells, checked against the declared type."""
+        if not ctype.is_static():
+            raise self.err(t, f"constant {name}: an inline constant needs a static shape")
+        shape = tuple(int(d or 0) for d in ctype.shape)
+        count = math.prod(shape)
+        if count > MAX_INLINE_ELEMENTS:
+            raise self.err(
+                t,
+                f"constant {name}: {ctype} has {count} elements, too many to write inline (at "
+                f"most {MAX_INLINE_ELEMENTS}); declare it with its hash and keep its data in "
+                "the .npz beside the IR",
+            )
+        items = _items(t)
+        if all(isinstance(x, Token) for x in items):  # one flat list, row-major
+            tokens = [x for x in items if isinstance(x, Token)]
+        else:
+            tokens = self.nested(name, ctype, t, 0)
+        if len(tokens) != count:
+            raise self.err(
+                t,
+                f"constant {name}: {ctype} has {count} elements, the literal has {len(tokens)}",
+            )
+        values = [self.element(name, ctype.kind, tok) for tok in tokens]
+        return np.array(values, dtype=STORAGE_DTYPE[ctype.kind]).reshape(shape)
+
+    def nested(self, name: str, ctype: TensorType, t: Tree[Token], axis: int) -> list[Token]:
+        """The number tokens of nested lists that mirror the shape from ``axis`` on, in
+        row-major order; each list must have the length of its dimension."""
+        items = _items(t)
+        inner = axis + 1 < ctype.rank
+        for x in items:
+            if isinstance(x, Tree) != inner:
+                want = "a list" if inner else "a number"
+                raise self.err(x, f"constant {name}: expected {want} here (the type is {ctype})")
+        if len(items) != ctype.shape[axis]:  # axis < rank: a rank-0 literal is flat
+            raise self.err(
+                t,
+                f"constant {name}: this list has {len(items)} elements, dimension {axis} of "
+                f"{ctype} is {ctype.shape[axis]}",
+            )
+        out: list[Token] = []
+        for x in items:
+            out += self.nested(name, ctype, x, axis + 1) if isinstance(x, Tree) else [x]
+        return out
+
+    def element(self, name: str, kind: Kind, tok: Token) -> float | int:
+        """One number of an inline constant, checked against the element kind."""
+        text = str(tok)
+        if kind == Kind.F32:
+            v = float(text)
+            with np.errstate(over="ignore"):
+                overflows = not math.isfinite(float(np.float32(v)))
+            if overflows and (tok.type == "INT" or math.isfinite(v)):
+                raise self.err(tok, f"constant {name}: {_short(text)} does not fit in f32")
+            return v
+        allowed = {Kind.BIPOLAR: "1 or -1", Kind.SPIKE: "0 or 1", Kind.I32: "an integer"}[kind]
+        if tok.type != "INT":
+            raise self.err(
+                tok, f"constant {name}: {kind} values must be {allowed}, got {_short(text)}"
+            )
+        v = int(text) if len(text) <= 12 else 2**63  # int() refuses over 4300 digits
+        ok = {
+            Kind.BIPOLAR: v in (1, -1),
+            Kind.SPIKE: v in (0, 1),
+            Kind.I32: -(2**31) <= v < 2**31,
+        }[kind]
+        if not ok:
+            why = "out of the i32 range" if kind == Kind.I32 else f"must be {allowed}"
+            raise self.err(tok, f"constant {name}: {kind} value {_short(text)} {why}")
+        return v
 
     def type(self, t: Tree[Token]) -> TensorType:
         kind = t.children[0]
@@ -210,3 +300,13 @@ class _Builder:
         if not ok:
             n = f" of length {spec.length}" if spec.length else ""
             raise self.err(tok, f"{op}.{key} must be {spec.kind}{n}")
+
+
+def _items(t: Tree[Token]) -> list[Token | Tree[Token]]:
+    """The elements of one ``[...]`` literal (an empty list has none)."""
+    return [x for x in t.children if x is not None]
+
+
+def _short(text: str, limit: int = 24) -> str:
+    """``text``, cut to ``limit`` characters for an error message."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

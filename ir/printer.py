@@ -11,8 +11,11 @@ Example::
     }
 
 Constants are declared with their type and a content hash (their bytes live beside the text);
-attributes are printed sorted by key with every default filled in, floats in shortest
-round-trip form, so ``print(parse(print(g))) == print(g)``.
+with ``print_graph(g, inline_max=N)`` constants of at most N elements whose data is loaded are
+written inline instead (``const @w : bipolar[2,3] = [[1,-1,1],[-1,1,1]]``: nested lists that
+mirror the shape, f32 values in the shortest text that reads back to the same float32).
+Attributes are printed sorted by key with every default filled in, floats in shortest
+round-trip form, so ``print(parse(print(g))) == print(g)`` for either form of constants.
 """
 
 from __future__ import annotations
@@ -20,7 +23,11 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
+
 from bsnnc.ir.graph import AttrValue, Constant, Graph, Node
+from bsnnc.ir.parser import MAX_INLINE_ELEMENTS
+from bsnnc.ir.types import Kind
 
 HEADER = "// bsnnc IR v1"
 
@@ -47,9 +54,29 @@ def format_float(x: float) -> str:
     return repr(float(x))
 
 
-def format_const(c: Constant) -> str:
-    """``const @name : type #digest``."""
+def format_const(c: Constant, inline_max: int = 0) -> str:
+    """``const @name : type #digest``, or ``const @name : type = [...]`` when the constant has
+    data and at most ``inline_max`` elements."""
+    if c.data is not None and c.type.is_static() and c.data.size <= inline_max:
+        return f"const @{c.name} : {c.type} = {format_array(c.type.kind, c.data)}"
     return f"const @{c.name} : {c.type} #{c.digest}"
+
+
+def format_array(kind: Kind, data: np.ndarray) -> str:
+    """An inline constant's data: nested lists that mirror the shape (``[x]`` for rank 0)."""
+    if data.ndim == 0:
+        return f"[{_format_element(kind, data.item())}]"
+    if data.ndim == 1:
+        return "[" + ",".join(_format_element(kind, x) for x in data.tolist()) + "]"
+    return "[" + ",".join(format_array(kind, row) for row in data) + "]"
+
+
+def _format_element(kind: Kind, x: float | int) -> str:
+    """One element: ints as ints; f32 as the shortest text that reads back to the same
+    float32 (numpy's ``str`` of a float32 is that text), always float-looking."""
+    if kind != Kind.F32:
+        return str(int(x))
+    return format_float(float(str(np.float32(x))))
 
 
 def format_node(n: Node) -> str:
@@ -63,10 +90,14 @@ def format_node(n: Node) -> str:
     return text
 
 
-def print_graph(g: Graph) -> str:
-    """The whole graph as text (ends with a newline)."""
+def print_graph(g: Graph, *, inline_max: int = 0) -> str:
+    """The whole graph as text (ends with a newline). Constants with loaded data and at most
+    ``inline_max`` elements (0 to :data:`MAX_INLINE_ELEMENTS`) are written inline, the others
+    as their content hash."""
+    if not 0 <= inline_max <= MAX_INLINE_ELEMENTS:
+        raise ValueError(f"inline_max must be between 0 and {MAX_INLINE_ELEMENTS}")
     lines = [HEADER, f"graph @{g.name} {{"]
-    lines += [f"  {format_const(g.constants[k])}" for k in g.constants]
+    lines += [f"  {format_const(g.constants[k], inline_max)}" for k in g.constants]
     lines += [f"  {format_node(n)}" for n in g.nodes]
     lines.append("  return " + ", ".join(f"%{o}" for o in g.outputs))
     lines.append("}")

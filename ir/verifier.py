@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bsnnc.ir.errors import VerifyError
 from bsnnc.ir.graph import Constant, Graph, Node, digest_array
-from bsnnc.ir.ops import OPS, OpDef, normalize_attrs
+from bsnnc.ir.ops import OPS, OpDef, is_binary_layer, normalize_attrs
 from bsnnc.ir.types import STORAGE_DTYPE, Kind, TensorType
 
 
@@ -115,11 +115,10 @@ def verify_spiking(g: Graph) -> None:
     verify(g, check_data=False)
     types = {n.result: n.type for n in g.nodes}
     for n in g.nodes:
-        if n.op not in ("conv2d", "dense"):
+        if not is_binary_layer(g, n):
             continue
-        w = g.constants[n.const_operands()[0]]
         x = types[n.value_operands()[0]]
-        if w.type.kind == Kind.BIPOLAR and x.kind != Kind.SPIKE:
+        if x.kind != Kind.SPIKE:
             raise VerifyError(
                 f"{n.where()}: a binary layer must read spikes, but its input is {x} "
                 "(run insert-if-around-pooling; a binary first layer is not supported: keep the "

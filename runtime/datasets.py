@@ -13,7 +13,8 @@
   directory (needs Pillow: ``pip install 'bsnnc[imagenet]'``); resize the short side to 256,
   center-crop 224, ÷ 255, normalize with the ImageNet mean and std; labels are the sorted
   class folders' indices. ``--limit`` takes images round-robin over classes.
-* ``PATH.npz``: arrays ``x`` [N,C,H,W] (model-ready float32) and optionally ``y`` [N].
+* ``PATH.npz``: arrays ``x`` [N,C,H,W] (model-ready float32) and optionally ``y`` [N]; an
+  integer ``x`` (e.g. uint8 pixels 0–255) is refused: normalize it as the model was trained.
 
 The CIFAR batches are pickles; they are read with an unpickler that only admits the numpy
 types those files contain.
@@ -37,6 +38,11 @@ from bsnnc.ir.errors import DataError
 
 EMBEDDED = ("digits",)
 NAMED = ("digits", "cifar10", "cifar100", "imagenet")
+#: what an image-set .npz holds, for messages.
+NPZ_FORMAT = (
+    "an .npz file with an array x: float32 [N,C,H,W], normalized as the model expects (the "
+    "preprocessing it was trained with), and optionally y: int labels [N]"
+)
 
 
 class CifarSpec(TypedDict):
@@ -117,8 +123,7 @@ def load_images(
         images = _load_npz(Path(spec), spec)
     else:
         raise DataError(
-            f"unknown image set '{spec}': use one of {', '.join(NAMED)} or a path to an .npz "
-            "file with arrays x [N,C,H,W] and y [N]"
+            f"unknown image set '{spec}': use one of {', '.join(NAMED)} or the path of {NPZ_FORMAT}"
         )
     if limit is not None:
         y = None if images.y is None else images.y[:limit]
@@ -133,7 +138,9 @@ def _load_npz(path: Path, name: str) -> Images:
         with np.load(path, allow_pickle=False) as z:
             if "x" not in z.files:
                 raise DataError(f"{path}: no array 'x' (found: {', '.join(z.files) or 'none'})")
-            x = np.ascontiguousarray(z["x"], dtype=np.float32)
+            raw = z["x"]
+            _check_float(path, raw.dtype)
+            x = np.ascontiguousarray(raw, dtype=np.float32)
             y = np.asarray(z["y"]).astype(np.int64) if "y" in z.files else None
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: not a readable .npz file ({e})") from None
@@ -142,6 +149,17 @@ def _load_npz(path: Path, name: str) -> Images:
     if y is not None and y.shape != (x.shape[0],):
         raise DataError(f"{path}: y must have shape [{x.shape[0]}], got {list(y.shape)}")
     return Images(name, x, y)
+
+
+def _check_float(path: Path, dtype: np.dtype[Any]) -> None:
+    """Refuse integer or boolean images (raw pixels): the model expects normalized floats."""
+    if np.issubdtype(dtype, np.floating):
+        return
+    what = "uint8 0–255" if dtype == np.uint8 else str(dtype)
+    raise DataError(
+        f"{path}: x is {what}: convert to float32 and normalize as the model was trained "
+        "(e.g. x / 255, then subtract the training set's mean and divide by its std, per channel)"
+    )
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):

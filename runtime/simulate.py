@@ -4,7 +4,9 @@ computes the metrics.
 Metrics (T timesteps, N images):
 
 * accuracy per timestep: ``mean_n [argmax V_n[t] = y_n]`` for t = 1..T;
-* spike rate of an IF layer: spikes / (neurons · T · N) — the mean firing probability per step;
+* spike rate of an IF layer: spikes / (neurons · Σ_n steps_n), where steps_n is the number of
+  steps image n ran (T, or its exit step under early exit) — the mean firing probability per
+  step actually simulated;
 * IFR of a binary layer's input (the paper): spikes arriving over the window / input neurons,
   averaged over images;
 * normalized #OPS (the paper): ``Σ_l IFR_l·OPS_l / Σ_l OPS_l`` over binary layers, with
@@ -27,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from bsnnc.compiler.report import layer_ops
 from bsnnc.ir.graph import Graph
+from bsnnc.ir.ops import layer_ops
 from bsnnc.runtime.ann import run_ann
 from bsnnc.runtime.datasets import Images
 from bsnnc.runtime.snn import SnnRuntime, SnnTrace
@@ -119,10 +121,24 @@ def _upto(counts: np.ndarray, steps: np.ndarray) -> np.ndarray:
     return np.asarray((counts * mask).sum(axis=0))
 
 
+def spike_rate(parts: list[np.ndarray], steps: np.ndarray, neurons: int) -> float:
+    """Spikes per neuron and simulated step of one IF layer: ``parts`` are its spike counts
+    per step and image ([T, n] per chunk), ``steps`` each image's 1-based exit step."""
+    counts = np.concatenate(parts, axis=1)
+    spikes = int(_upto(counts, steps).sum())
+    ran = int(steps.sum())
+    return spikes / (neurons * ran) if ran else 0.0
+
+
 def metrics(
     g: Graph, images: Images, chunks: Chunks, T: int, early_exit: float | None
 ) -> dict[str, Any]:
-    """Every number ``bsnnc simulate --json`` reports (see the README for the schema)."""
+    """Every number ``bsnnc simulate --json`` reports (see the README for the schema).
+
+    The spike rate of an IF layer counts only the steps each image ran (up to its exit step
+    under early exit, else T), like #OPS: ``Σ_n Σ_{t ≤ exit_n} spikes_n[t] / (neurons ·
+    Σ_n exit_n)``, the mean firing probability per neuron and step actually simulated.
+    Without early exit that is ``spikes / (neurons · T · N)``."""
     nodes = g.node_map()
     preds = np.concatenate(chunks.preds, axis=1)  # [T, N]
     steps = np.concatenate(chunks.exit_step)
@@ -133,11 +149,10 @@ def metrics(
         curve = (preds == images.y[None, :]).mean(axis=1)
         out["accuracy_per_timestep"] = [float(a) for a in curve]
         out["final_accuracy"] = float(np.mean(final_pred == images.y))
-    rates = {}
-    for k, parts in chunks.spikes.items():
-        total = sum(float(p.sum()) for p in parts)
-        rates[_label(nodes[k])] = total / (nodes[k].type.numel_per_sample() * T * n_img)
-    out["spike_rates"] = rates
+    out["spike_rates"] = {
+        _label(nodes[k]): spike_rate(parts, steps, nodes[k].type.numel_per_sample())
+        for k, parts in chunks.spikes.items()
+    }
     ifr, ops = {}, {}
     for k, parts in chunks.inputs.items():
         counts = np.concatenate(parts, axis=1)

@@ -28,7 +28,7 @@ import numpy as np
 
 from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Graph, Node, attr_float, attr_int, attr_ints
-from bsnnc.ir.types import Kind
+from bsnnc.ir.ops import Trait, has_trait, is_binary_layer
 from bsnnc.ir.verifier import verify_spiking
 from bsnnc.runtime import kernels as K
 from bsnnc.runtime.ann import ANN_KERNELS, last_uses
@@ -84,11 +84,8 @@ class SnnRuntime:
         self.g = g
         self._fast: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
         for n in g.nodes:
-            if n.op in ("conv2d", "dense") and self._is_binary(n):
+            if is_binary_layer(g, n):
                 self._fast[n.result] = self._fast_kernel(n)
-
-    def _is_binary(self, n: Node) -> bool:
-        return self.g.constants[n.const_operands()[0]].type.kind == Kind.BIPOLAR
 
     def _fast_kernel(self, n: Node) -> Callable[[np.ndarray], np.ndarray]:
         w = self.g.constants[n.const_operands()[0]].array()
@@ -166,7 +163,7 @@ def digital(n: Node, x: Value, consts: list[np.ndarray], T: int) -> Value:
     """A non-binary op (full-precision layer, pooling, flatten, scale, bias) over all steps,
     with the reference kernels; full-precision weights on spikes run in float64, which is
     exact for 0/1 inputs and so independent of the summation order."""
-    if x.static and n.op in ("conv2d", "dense"):
+    if x.static and has_trait(n.op, Trait.WEIGHTED):
         # computed once from the input: float64 in a fixed summation order (exact products),
         # so the current is the same on every CPU and for every batch size
         data = x.data
@@ -179,7 +176,7 @@ def digital(n: Node, x: Value, consts: list[np.ndarray], T: int) -> Value:
     if x.static:
         return Value(ANN_KERNELS[n.op]([x.data, *consts], n.attrs), True)
     flat = x.data.reshape(T * x.data.shape[1], *x.data.shape[2:])
-    if n.op in ("conv2d", "dense") and x.data.dtype == np.uint8:
+    if has_trait(n.op, Trait.WEIGHTED) and x.data.dtype == np.uint8:
         w = consts[0].astype(np.float64)
         y = (
             K.dense(flat.astype(np.float64), w)

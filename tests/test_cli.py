@@ -10,13 +10,13 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 import pytest
+from clirun import cli, flat, ok
 from onnx import helper, numpy_helper, shape_inference
 from onnx.reference import ReferenceEvaluator
 from zoo import ZOO
@@ -36,27 +36,6 @@ DIGITS_ONNX = TESTS.parent / "runtime" / "data" / "digits.onnx"
 DEFAULT = PIPELINES["default"]
 CLEANUP = PIPELINES["cleanup"]
 STAGES = ["import", *DEFAULT]
-
-
-def cli(argv: Sequence[str]) -> int:
-    """Run ``bsnnc argv`` in process; the exit code (argparse exits are caught)."""
-    try:
-        return main([str(a) for a in argv])
-    except SystemExit as e:  # --help, --version and usage errors exit through argparse
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-
-
-def ok(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
-    """Run a command that must succeed; (stdout, stderr)."""
-    code = cli(argv)
-    out, err = capsys.readouterr()
-    assert code == 0, f"bsnnc {' '.join(map(str, argv))} exited {code}:\n{err}"
-    return out, err
-
-
-def flat(text: str) -> str:
-    """``text`` without whitespace: rich wraps stderr at the terminal width."""
-    return "".join(text.split())
 
 
 def zoo_args(zoo_data: Path, name: str) -> list[Path | str]:
@@ -212,7 +191,6 @@ def test_named_pipelines() -> None:
         "fold-threshold-normalization",
         "dce",
         "canonicalize",
-        "partition-to-tiles",
     ]
     assert CLEANUP == ["dce", "canonicalize"]
     assert PIPELINES["import"] == []
@@ -320,7 +298,7 @@ def test_dump_dir_writes_every_stage(
     d = tmp_path / "dump"
     final, _ = ok(["compile", *zoo_args(zoo_data, "bn_bias"), "--dump-ir", "--dump-dir", d], capsys)
     assert sorted(p.name for p in d.iterdir()) == stage_files()
-    assert stage_files()[-2:] == ["07-partition-to-tiles.ir", "07-partition-to-tiles.npz"]
+    assert stage_files()[-2:] == ["06-canonicalize.ir", "06-canonicalize.npz"]
     texts = []
     for i, stage in enumerate(STAGES):
         ir = d / f"{i:02d}-{stage}.ir"
@@ -433,16 +411,18 @@ def test_compile_json_layers_match_the_model(
         ), n.loc
 
 
-def test_calibration_facts_name_the_artifacts_values(
+def test_calibration_facts_are_keyed_by_loc_and_position(
     zoo_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The calibration facts (compile --json, calibration.json) refer to the IF values of the
-    graph they are shipped with, as simulate's per-layer labels do."""
+    """The calibration facts (compile --json, calibration.json) name each IF layer by its loc
+    and its position among the IF layers — names that canonicalize's renumbering keeps, so the
+    facts match the graph they ship with without any repair."""
     out = tmp_path / "m.tiles"
     text, _ = ok(["compile", *zoo_args(zoo_data, "max_ceil"), "-o", out, "--json"], capsys)
     ifs = if_nodes(read_artifact(out).graph)
     layers = json.loads(text)["calibration"]["layers"]
-    assert [(c["node"], c["loc"]) for c in layers] == [(f"%{n.result}", n.loc) for n in ifs]
+    assert [(c["index"], c["loc"]) for c in layers] == [(i, n.loc) for i, n in enumerate(ifs)]
+    assert all("node" not in c for c in layers)
 
 
 def test_compile_json_avg_before_relu_binary_middle(
@@ -1023,3 +1003,56 @@ def test_calibrated_thresholds_do_not_depend_on_the_blas_kernels(
     b = _compile_ir_under("Sandybridge", model, data, tmp_path)
     assert "theta=" in a
     assert a == b
+
+
+INLINE_IR = """graph @t {
+  const @w : bipolar[2,2] = [[1,-1],[-1,1]]
+  %x = input() : f32[?,2]
+  %0 = dense(%x, @w) : f32[?,2]
+  %1 = relu(%0) : f32[?,2]
+  return %1
+}
+"""
+
+
+def test_opt_inline_constants_round_trip_without_a_weights_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An IR file whose constants are all inline needs no .npz: opt neither warns about it
+    nor loses the data, prints it back inline with --inline-max, and can write -o."""
+    src = tmp_path / "t.ir"
+    src.write_text(INLINE_IR)
+    out, errs = ok(["opt", src, "--passes", "fold-scales", "--inline-max", "16"], capsys)
+    assert "not found" not in errs
+    assert "const @w : bipolar[2,2] = [[1,-1],[-1,1]]" in out
+    hashed, _ = ok(["opt", src], capsys)
+    assert "= [" not in hashed and "#" in hashed
+    ok(["opt", src, "-o", tmp_path / "o.ir"], capsys)
+    assert load_ir(tmp_path / "o.ir").constants["w"].array().tolist() == [[1, -1], [-1, 1]]
+    assert load_ir(src).constants["w"].array().tolist() == [[1, -1], [-1, 1]]
+
+
+@pytest.mark.parametrize("value", ["-1", "65537", "x"])
+def test_opt_inline_max_range(value: str, tmp_path: Path) -> None:
+    src = tmp_path / "t.ir"
+    src.write_text(INLINE_IR)
+    with pytest.raises(SystemExit) as e:
+        main(["opt", str(src), "--inline-max", value])
+    assert e.value.code == 2
+
+
+def test_help_loads_no_heavy_library() -> None:
+    """``bsnnc --help`` (and every subcommand's) must be instant: building the parser imports
+    neither onnx, onnxruntime nor networkx — they load when a command runs (a module check, not
+    a timing: these machines are noisy)."""
+    script = (
+        "import sys, contextlib, io\n"
+        "from bsnnc.compiler.cli import main\n"
+        "for argv in (['--help'], ['compile', '--help'], ['simulate', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        main(argv)\n"
+        "print(sorted(m for m in ('onnx', 'onnxruntime', 'networkx') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

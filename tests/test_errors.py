@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from clirun import cli, fails, flat, ok
 from onnx import TensorProto, helper
 from zoo import ZOO, Net
 
-from bsnnc.compiler.cli import main
 from bsnnc.compiler.frontend.importer import supported_ops
 from bsnnc.compiler.passes import PIPELINES, REGISTRY
 from bsnnc.ir.io import read_npz, write_npz
@@ -25,32 +25,6 @@ from bsnnc.ir.ops import OPS
 from bsnnc.runtime.artifact import FORMAT_VERSION, MANIFEST, read_artifact
 
 SaveModel = Callable[[onnx.ModelProto, str], Path]
-
-
-def cli(argv: Sequence[str]) -> int:
-    """Run ``bsnnc argv`` in process; the exit code (argparse exits are caught)."""
-    try:
-        return main([str(a) for a in argv])
-    except SystemExit as e:  # usage errors exit through argparse
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-
-
-def flat(text: str) -> str:
-    """``text`` without whitespace (messages may be wrapped)."""
-    return "".join(text.split())
-
-
-def fails(argv: Sequence[str], capsys: pytest.CaptureFixture[str], *fragments: str) -> str:
-    """Run a command that must fail with exit code 2 and a clean message with ``fragments``."""
-    code = cli(argv)
-    out, err = capsys.readouterr()
-    assert code == 2, f"exit {code}, expected 2; stderr:\n{err}"
-    assert "Traceback" not in err and "internal error" not in err, err
-    assert err.strip(), "no message on stderr"
-    assert not out.strip(), f"nothing belongs on stdout on error, got:\n{out}"
-    for f in fragments:
-        assert flat(f) in flat(err), f"{f!r} not in the message:\n{err}"
-    return err
 
 
 def compile_fails(
@@ -68,14 +42,6 @@ def compile_fails(
     assert not out.exists()
     assert list(outdir.iterdir()) == [], "temporary files left behind"
     return err
-
-
-def ok(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """Run a command that must succeed; its stdout."""
-    code = cli(argv)
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    return out
 
 
 def node_named(model: onnx.ModelProto, op_type: str) -> str:
@@ -791,7 +757,7 @@ def test_percentile_values_that_work(
 ) -> None:
     out = tmp_path / "d.tiles"
     report = json.loads(
-        ok(["compile", "digits", "-o", out, "--percentile", value, "--json"], capsys)
+        ok(["compile", "digits", "-o", out, "--percentile", value, "--json"], capsys)[0]
     )
     assert report["calibration"]["percentile"] == expected
     assert read_artifact(out).meta["conversion"]["percentile"] == expected
@@ -890,7 +856,7 @@ def test_opt_calibrating_pass_says_how(
     stage = d / "03-insert-if-around-pooling.ir"
     assert stage.is_file()
     err = fails(["opt", stage, "--passes", "fold-threshold-normalization"], capsys, "calibrat")
-    opt_help = ok(["opt", "--help"], capsys)
+    opt_help, _ = ok(["opt", "--help"], capsys)
     assert "--calib" in opt_help or "compile" in err, err
 
 
@@ -1001,7 +967,7 @@ def test_simulate_plot(
     png = tmp_path / "curve.png"
     argv = ["simulate", digits_tiles, "--limit", "8", "-T", "4", "--json", "--plot", png]
     if importlib.util.find_spec("matplotlib") is not None:
-        report = json.loads(ok(argv, capsys))
+        report = json.loads(ok(argv, capsys)[0])
         assert report["timesteps"] == 4 and len(report["accuracy_per_timestep"]) == 4
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     else:

@@ -15,8 +15,9 @@ from zoo import ZOO
 
 from bsnnc.backends.rram.emit import check_program
 from bsnnc.backends.rram.program import parse_program, print_program
+from bsnnc.compiler.driver import compile_graph
 from bsnnc.compiler.frontend.importer import import_onnx
-from bsnnc.compiler.passes import PassOptions, run_pipeline
+from bsnnc.compiler.passes import PassOptions
 from bsnnc.ir import parse, print_graph
 from bsnnc.ir.graph import Graph
 from bsnnc.runtime.datasets import load_images
@@ -34,9 +35,10 @@ def compile_stages(onnx_path: Path, calib: Path) -> tuple[dict[str, str], Graph]
     def dump(i: int, name: str, graph: Graph) -> None:
         out[f"{i:02d}-{name}.ir"] = print_graph(graph)
 
-    g, ctx = run_pipeline(g, PassOptions(calib=lambda: load_images(str(calib))), dump=dump)
-    out["program.txt"] = ctx.facts["program"][0]
-    return out, g
+    c = compile_graph(g, PassOptions(calib=lambda: load_images(str(calib))), dump=dump)
+    assert c.tiles is not None
+    out["program.txt"] = c.tiles.program
+    return out, c.graph
 
 
 def summary(g: Graph, images_path: Path) -> str:

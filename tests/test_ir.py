@@ -12,10 +12,13 @@ from hypothesis import strategies as st
 from bsnnc.compiler.passes.canonicalize import canonicalize
 from bsnnc.compiler.passes.dce import dce
 from bsnnc.ir import GraphBuilder, IRParseError, Kind, TensorType, VerifyError, parse, print_graph
-from bsnnc.ir.graph import Constant, Graph
+from bsnnc.ir.diagnostics import format_diagnostic
+from bsnnc.ir.graph import Constant, Graph, digest_array
 from bsnnc.ir.nxview import is_acyclic, to_nx
 from bsnnc.ir.ops import window_out
+from bsnnc.ir.parser import MAX_INLINE_ELEMENTS
 from bsnnc.ir.printer import format_float
+from bsnnc.ir.types import STORAGE_DTYPE
 from bsnnc.ir.verifier import verify
 
 
@@ -186,7 +189,7 @@ def test_networkx_view_and_dce_canonicalize() -> None:
     dead = b.add("relu", [x])
     b.add("scale", [dead], {"factor": 2.0})
     live = b.add("bias", [x], {"value": 1.0})
-    g2 = canonicalize(dce(b.finish([live])))
+    g2 = canonicalize(dce(b.finish([live])).graph).graph
     verify(g2)
     assert [n.op for n in g2.nodes] == ["input", "bias"]
     assert g2.constants == {}
@@ -284,16 +287,25 @@ def _random_op(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-@given(graphs())
-def test_property_print_parse_print(g: Graph) -> None:
+@given(graphs(), st.integers(0, 80))
+def test_property_print_parse_print(g: Graph, inline_max: int) -> None:
     verify(g)
     text = print_graph(g)
     g2 = parse(text)
     g2.attach_weights(g.weights())
     verify(g2)
     assert print_graph(g2) == text
-    once = print_graph(canonicalize(g2))
-    assert print_graph(canonicalize(parse(once))) == once  # canonical form is a fixed point
+    once = print_graph(canonicalize(g2).graph)
+    assert print_graph(canonicalize(parse(once)).graph) == once  # canonical form is a fixed point
+    # small constants inline: the data comes back exactly (same hashes), both forms round-trip
+    inline = print_graph(g, inline_max=inline_max)
+    g3 = parse(inline)
+    for c in g3.constants.values():
+        small = math.prod(int(d or 0) for d in c.type.shape) <= inline_max
+        assert (c.data is not None) == (c.type.is_static() and small)
+    verify(g3)
+    assert print_graph(g3, inline_max=inline_max) == inline
+    assert print_graph(g3) == text
 
 
 @given(st.floats(allow_nan=True, allow_infinity=True))
@@ -302,3 +314,101 @@ def test_float_format_round_trips(x: float) -> None:
     back = float(text)
     assert (math.isnan(x) and math.isnan(back)) or back == x
     assert any(ch in text for ch in ".ein")  # never looks like an int
+
+
+# ----------------------------------------------------------------------------------------
+# Inline constants.
+
+INLINE = """graph @t {
+  const @w : %s = %s
+  %%x = input() : f32[?,3]
+  %%0 = dense(%%x, @w) : f32[?,2]
+  return %%0
+}
+"""
+
+
+@pytest.mark.parametrize(
+    ("ty", "literal", "expect"),
+    [
+        ("bipolar[2,3]", "[[1,-1,1],[-1,1,1]]", [[1, -1, 1], [-1, 1, 1]]),
+        ("bipolar[2,3]", "[1,-1,1,-1,1,1]", [[1, -1, 1], [-1, 1, 1]]),  # flat, row-major
+        ("f32[2,3]", "[[0.5,-2,1e-3],[-0.0,inf,-inf]]", [[0.5, -2, 1e-3], [-0.0, np.inf, -np.inf]]),
+        ("i32[2,3]", "[[-2147483648,0,7],[1,2,2147483647]]", [[-(2**31), 0, 7], [1, 2, 2**31 - 1]]),
+    ],
+)
+def test_inline_constant_data(ty: str, literal: str, expect: list[list[float]]) -> None:
+    g = parse(INLINE % (ty, literal))
+    c = g.constants["w"]
+    assert str(c.type) == ty
+    assert c.data is not None and c.data.dtype == STORAGE_DTYPE[c.type.kind]
+    np.testing.assert_array_equal(c.data, np.array(expect, dtype=c.data.dtype))
+    assert c.digest == digest_array(c.type.kind, c.data)
+    if c.type.kind != Kind.I32:  # (dense takes no i32 weights)
+        verify(g)
+
+
+def test_inline_nan_and_printer_round_trip() -> None:
+    g = parse(INLINE % ("f32[2,3]", "[1,2,3,4,5,nan]"))
+    text = print_graph(g, inline_max=6)
+    assert "  const @w : f32[2,3] = [[1.0,2.0,3.0],[4.0,5.0,nan]]\n" in text
+    assert print_graph(parse(text), inline_max=6) == text
+    assert print_graph(g, inline_max=5) == print_graph(g)  # too big: the hash form
+    assert f"@w : f32[2,3] #{g.constants['w'].digest}\n" in print_graph(g)
+
+
+def test_inline_f32_prints_shortest_float32_text() -> None:
+    data = np.array([0.1, 1e-45, 3.4028235e38, -2.5, 1 / 3], np.float32)
+    g = GraphBuilder("f")
+    x = g.input("x", TensorType(Kind.F32, (None, 5)))
+    s = g.const("s", Kind.F32, data)
+    graph = g.finish([g.add("scale", [x, s], {"axis": 1})])
+    text = print_graph(graph, inline_max=5)
+    assert "= [0.1,1e-45,3.4028235e+38,-2.5,0.33333334]\n" in text
+    back = parse(text).constants["s"].array()
+    assert back.tobytes() == data.tobytes()
+
+
+def test_inline_max_is_bounded() -> None:
+    g = small_graph()
+    with pytest.raises(ValueError, match="inline_max must be between 0 and 65536"):
+        print_graph(g, inline_max=MAX_INLINE_ELEMENTS + 1)
+    assert "= [" not in print_graph(g)
+
+
+@pytest.mark.parametrize(
+    ("ty", "literal", "at", "expect"),
+    [
+        ("bipolar[2,3]", "[1,-1,1,-1,1]", 0, "bipolar[2,3] has 6 elements, the literal has 5"),
+        ("bipolar[2,3]", "[[1,-1,1],[-1,1]]", 10, "this list has 2 elements, dimension 1 of"),
+        ("bipolar[2,3]", "[[1,-1,1],[-1,1,1],[1,1,1]]", 0, "this list has 3 elements"),
+        ("bipolar[2,3]", "[[1,1,1],1,1,1]", 9, "expected a list here"),
+        ("bipolar[2,3]", "[[1,-1,0],[-1,1,1]]", 7, "bipolar value 0 must be 1 or -1"),
+        ("bipolar[2,3]", "[[1,-1,1.0],[-1,1,1]]", 7, "bipolar values must be 1 or -1, got 1.0"),
+        ("bipolar[2,3]", "[[1,-1,nan],[-1,1,1]]", 7, "must be 1 or -1, got nan"),
+        ("i32[2,3]", "[[1,2,inf],[1,2,3]]", 6, "i32 values must be an integer, got inf"),
+        ("i32[2,3]", "[[1,2,3],[1,2,2147483648]]", 14, "i32 value 2147483648 out of the i32 range"),
+        ("spike[2,3]", "[[1,2,0],[1,1,0]]", 4, "spike value 2 must be 0 or 1"),
+        ("i32[2,3]", f"[[1,2,3],[1,2,{'9' * 5000}]]", 14, "i32 value 99999999999999999999999…"),
+        ("f32[2,3]", "[[1,2,3],[1,2,1e39]]", 14, "1e39 does not fit in f32"),
+        ("f32[?,3]", "[1,2,3]", 0, "an inline constant needs a static shape"),
+        ("f32[300,300]", "[1]", 0, "90000 elements, too many to write inline (at most 65536)"),
+    ],
+)
+def test_inline_constant_errors(ty: str, literal: str, at: int, expect: str) -> None:
+    """``at``: the index in ``literal`` that the error points at."""
+    col = len(f"  const @w : {ty} = ") + at + 1
+    with pytest.raises(IRParseError) as e:
+        parse(INLINE % (ty, literal), source="t.ir")
+    msg = str(e.value)
+    assert msg.startswith(f"t.ir:2:{col}: constant @w: ")
+    assert expect in msg
+    src, caret = msg.splitlines()[1:]
+    assert src == f"    const @w : {ty} = {literal}"
+    assert caret == " " * (col + 1) + "^"
+
+
+def test_diagnostic_caret_follows_tabs_and_clamps() -> None:
+    text = "a\n\tb\tc\n"
+    assert format_diagnostic("f", text, 2, 4, "m") == "f:2:4: m\n  \tb\tc\n  \t \t^"
+    assert format_diagnostic("f", text, 9, 3, "m") == "f:9:3: m\n  \n    ^"

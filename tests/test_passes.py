@@ -11,16 +11,11 @@ from zoo import ZOO
 
 from bsnnc.compiler.calibrate import Calibrator, percentile_from_top, to_float32_grid
 from bsnnc.compiler.frontend.importer import import_onnx
-from bsnnc.compiler.passes import (
-    REGISTRY,
-    PassContext,
-    PassManager,
-    PassOptions,
-    resolve,
-    run_pipeline,
-)
+from bsnnc.compiler.passes import REGISTRY, PassOptions, resolve, run_pipeline
+from bsnnc.compiler.passes.base import run_passes
 from bsnnc.ir import GraphBuilder, Kind, TensorType, VerifyError
 from bsnnc.ir.graph import Graph
+from bsnnc.ir.printer import print_graph
 from bsnnc.ir.verifier import verify_spiking
 from bsnnc.runtime.ann import run_ann
 from bsnnc.runtime.datasets import embedded_file, load_images
@@ -88,12 +83,13 @@ def test_thresholds_are_dyadic_with_20_significant_bits() -> None:
 
 def test_batchnorm_negative_gamma_flips_signs_not_comparison(zoo_data: Path) -> None:
     g0 = import_onnx(zoo_data / "bn_bias.onnx")
-    ctx = PassContext()
-    folded = REGISTRY["fold-scales"].run(g0, ctx)
+    result = REGISTRY["fold-scales"].run(g0, PassOptions())
+    folded = result.graph
+    assert result.changed
     # one affine per relu, α/BN/biases merged: before each relu at most scale → bias
     ops = [n.op for n in folded.nodes]
     assert ops.count("scale") <= 3 and "batchnormalization" not in " ".join(ops)
-    assert any("negated the weights of 1 output channel" in note for note in ctx.notes)
+    assert any("negated the weights of 1 output channel" in note for note in result.notes)
     # the scale that reaches the first IF is positive everywhere
     x = np.load(zoo_data / "bn_bias.npz")["x"]
     assert rel(run_ann(folded, x)[folded.outputs[0]], run_ann(g0, x)[g0.outputs[0]]) <= RTOL
@@ -154,7 +150,7 @@ def test_fold_threshold_needs_calibration(zoo_data: Path) -> None:
         "fold-threshold-normalization",
     ]
     with pytest.raises(Exception, match="needs calibration images"):
-        PassManager(resolve(names, REGISTRY)).run(g)
+        run_passes(g, resolve(names, REGISTRY))
 
 
 @pytest.mark.parametrize("p", [50.0, 99.7, 99.99, 100.0])
@@ -209,3 +205,25 @@ def test_channel_granularity_gives_per_channel_thresholds(zoo_data: Path) -> Non
     for n in per_channel:
         theta = g.constants[n.const_operands()[0]].array()
         assert theta.shape == (n.type.shape[1],) and np.all(theta > 0) and np.ptp(theta) > 0
+
+
+def test_calibration_reports_progress_through_the_callback(zoo_data: Path) -> None:
+    calls: list[tuple[str, int, int]] = []
+    options = PassOptions(
+        calib=lambda: load_images(str(zoo_data / "vgg_small.npz")),
+        calib_batch=40,
+        progress=lambda what, done, total: calls.append((what, done, total)),
+    )
+    result = run_pipeline(import_onnx(zoo_data / "vgg_small.onnx"), options)
+    assert calls[0] == ("calibrating on 96 images", 0, 96)
+    assert [done for _, done, _ in calls] == [0, 40, 80, 96]
+    assert result.calibration is not None and result.calibration.images == 96
+    assert [p.name for p in result.passes][-1] == "canonicalize"
+
+
+def test_passes_say_whether_they_changed_the_graph(zoo_data: Path) -> None:
+    g = import_onnx(zoo_data / "vgg_small.onnx")
+    once = run_pipeline(g, names=["dce", "canonicalize"])
+    twice = run_pipeline(once.graph, names=["dce", "canonicalize"])
+    assert [p.changed for p in twice.passes] == [False, False]
+    assert twice.graph is once.graph or print_graph(twice.graph) == print_graph(once.graph)

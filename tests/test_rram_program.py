@@ -27,7 +27,7 @@ from bsnnc.runtime.datasets import load_images
 
 def converted(zoo_data: Path, name: str) -> Graph:
     options = PassOptions(calib=lambda: load_images(str(zoo_data / f"{name}.npz")))
-    return run_pipeline(import_onnx(zoo_data / f"{name}.onnx"), options)[0]
+    return run_pipeline(import_onnx(zoo_data / f"{name}.onnx"), options).graph
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))
@@ -181,7 +181,7 @@ def test_compile_dump_program_equals_the_artifact_member(
         assert printed == z.read("program.txt").decode()
     assert main(["compile", "digits", "--dump-program", "--dump-ir"]) == 2
     assert main(["compile", "digits", "--pipeline", "cleanup", "--dump-program"]) == 2
-    assert "needs the partition-to-tiles pass" in capsys.readouterr().err
+    assert "--dump-program needs a spiking graph" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ from bsnnc.runtime.snn import SnnRuntime, Value, if_scan
 
 def convert(onnx_path: Path, calib: str, **opts: object) -> Graph:
     options = PassOptions(calib=lambda: load_images(calib, split="train"), **opts)  # type: ignore[arg-type]
-    return run_pipeline(import_onnx(onnx_path), options)[0]
+    return run_pipeline(import_onnx(onnx_path), options).graph
 
 
 @pytest.fixture(scope="module")

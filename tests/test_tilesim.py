@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 from zoo import ZOO
 
+from bsnnc.backends.rram.cost import Counters, cycles
 from bsnnc.backends.rram.energy import ENERGY_SETS, EVENTS, load_energy
 from bsnnc.backends.rram.mapping import accumulator_bits
+from bsnnc.backends.rram.sim import NonIdeal, TileSimulator, input_planes
 from bsnnc.compiler.cli import main
 from bsnnc.ir.errors import BsnncError
 from bsnnc.runtime.artifact import read_artifact
 from bsnnc.runtime.datasets import Images, load_images
 from bsnnc.runtime.simulate import metrics, run_chunks
-from bsnnc.runtime.tilesim import Counters, NonIdeal, TileSimulator, cycles, input_planes
 
 
 def compile_to(tmp_path: Path, args: list[str]) -> Path:

@@ -19,8 +19,7 @@ from bsnnc.backends.rram.placement import mesh_position
 from bsnnc.backends.rram.program import Program, Stmt, Tok, word
 from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Graph, Node, channel_param
-
-_PASS_THROUGH = ("maxpool", "flatten", "reshape")
+from bsnnc.ir.ops import Trait, has_trait, threshold_unit
 
 
 def _v(name: str) -> Tok:
@@ -37,7 +36,7 @@ def _r(lo: int, hi: int) -> Tok:
 
 def integer_thresholds(theta: np.ndarray) -> tuple[np.ndarray, int] | None:
     """(Θ, unit) with θ = Θ·2^unit exactly, or None."""
-    unit = int(np.floor(np.log2(np.min(theta)))) - 20
+    unit = threshold_unit(theta)
     big = np.asarray(theta, np.float64) / 2.0**unit
     if np.all(big == np.round(big)) and np.max(big) < 2**53:
         return big.astype(np.int64), unit
@@ -118,7 +117,7 @@ class _Emitter:
         """Appends ``n``'s instructions to ``out`` (the ``once`` block or the loop)."""
         ins = [_v(v) for v in n.value_operands()]
         lm = self.layer_of.get(n.result)
-        if n.op in ("conv2d", "dense") and lm is not None and lm.arrays:
+        if has_trait(n.op, Trait.WEIGHTED) and lm is not None and lm.arrays:
             arrays = [_a(a) for a in lm.arrays]
             out.append(Stmt("mvm", [_v(n.result), *ins, *arrays]))
             if lm.row_blocks > 1:
@@ -155,14 +154,15 @@ class _Emitter:
     def _producer_tiles(self, n: Node) -> list[int]:
         nodes = self.g.node_map()
         cur = nodes[n.value_operands()[0]]
-        while cur.op not in ("conv2d", "dense", "input", "if"):
+        while not (has_trait(cur.op, Trait.WEIGHTED) or cur.op in ("input", "if")):
             cur = nodes[cur.value_operands()[0]]
         return self.tiles_of(cur.result)
 
     def _consumers(self, value: str) -> list[str]:
         out: list[str] = []
         for u in self.g.users().get(value, []):
-            out += self._consumers(u.result) if u.op in _PASS_THROUGH else [u.result]
+            through = has_trait(u.op, Trait.SPIKE_PASS_THROUGH)
+            out += self._consumers(u.result) if through else [u.result]
         return out
 
 

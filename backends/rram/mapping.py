@@ -31,6 +31,7 @@ import numpy as np
 from bsnnc.backends.rram.hw import HwConfig
 from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Graph, Node
+from bsnnc.ir.ops import Trait, has_trait, is_binary_layer
 from bsnnc.ir.types import Kind
 
 
@@ -128,7 +129,7 @@ def layer_map(
 ) -> tuple[LayerMap, list[Block]]:
     """Cut one weighted layer into blocks (see the module docstring)."""
     k, nn = _matrix(g, n)
-    binary = g.constants[n.const_operands()[0]].type.kind == Kind.BIPOLAR
+    binary = is_binary_layer(g, n)
     kind = "binary" if binary else fp_layers
     if kind == "digital":
         return LayerMap(n.result, n.loc or "", kind, k, nn, 0, 0, 0, 0, 0, 0), []
@@ -240,7 +241,7 @@ def partition(
     per_layer: list[list[Block]] = []
     nodes = g.node_map()
     for n in g.nodes:
-        if n.op in ("conv2d", "dense"):
+        if has_trait(n.op, Trait.WEIGHTED):
             lm, bl = layer_map(g, n, hw, fp_layers, rho)
             _check_accumulators(nodes, n, lm, hw)
             lm.positions = (

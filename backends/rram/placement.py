@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any
 
 from bsnnc.backends.rram.mapping import Mapping
 from bsnnc.ir.graph import Graph
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 def mesh_position(tile: int, width: int) -> tuple[int, int]:
@@ -31,6 +32,8 @@ def tile_graph(g: Graph, m: Mapping) -> tuple[nx.DiGraph, int]:
     n_tiles = max(1, math.ceil(m.n_arrays / per))
     width = math.ceil(math.sqrt(n_tiles))
     tiles_of = {lm.node: sorted({a // per for a in lm.arrays}) for lm in m.layers}
+    import networkx as nx  # loaded on first use: keeps `bsnnc --help` fast
+
     dg = nx.DiGraph()
     for t in range(n_tiles):
         dg.add_node(t, pos=mesh_position(t, width))

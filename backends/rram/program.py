@@ -40,6 +40,7 @@ from importlib import resources
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedInput
 
+from bsnnc.ir.diagnostics import expected_terminals, format_diagnostic, syntax_position
 from bsnnc.ir.errors import IRParseError
 
 HEADER = "// bsnnc tile program v1"
@@ -135,18 +136,11 @@ def parse_program(text: str, source: str = "<program>") -> Program:
     try:
         tree = _lark().parse(text)
     except UnexpectedInput as e:
-        line = e.line if e.line and e.line > 0 else 1
-        col = e.column if e.column and e.column > 0 else 1
-        src = text.splitlines()[line - 1] if 0 < line <= len(text.splitlines()) else ""
-        raw = (
-            getattr(e, "accepts", None)
-            or getattr(e, "expected", None)
-            or getattr(e, "allowed", None)
-        )
-        expected = sorted({_READABLE.get(t, t.lower()) for t in raw or []})
+        line, col = syntax_position(e, text)
+        expected = sorted({_READABLE.get(t, t.lower()) for t in expected_terminals(e)})
         want = f"; expected {' or '.join(expected)}" if expected else ""
         raise IRParseError(
-            f"{source}:{line}:{col}: syntax error{want}\n  {src}\n  {' ' * (col - 1)}^"
+            format_diagnostic(source, text, line, col, f"syntax error{want}")
         ) from None
     name, hw, *rest = tree.children
     assert isinstance(name, Token) and isinstance(hw, Token)

@@ -1,4 +1,4 @@
-"""Compiler passes, one per file, and the named pipelines."""
+"""Compiler passes, one per file, the named pipelines, and the pipeline driver."""
 
 from bsnnc.compiler.passes import (
     canonicalize,
@@ -7,15 +7,16 @@ from bsnnc.compiler.passes import (
     fold_threshold_normalization,
     insert_if_around_pooling,
     lower_relu_to_if,
-    partition_to_tiles,
 )
 from bsnnc.compiler.passes.base import (
+    Calibration,
     DumpFn,
     Pass,
-    PassContext,
-    PassManager,
     PassOptions,
+    PassResult,
+    PipelineResult,
     resolve,
+    run_passes,
 )
 from bsnnc.ir.graph import Graph
 
@@ -30,7 +31,6 @@ REGISTRY: dict[str, Pass] = {
         lower_relu_to_if.PASS,
         insert_if_around_pooling.PASS,
         fold_threshold_normalization.PASS,
-        partition_to_tiles.PASS,
     ]
 }
 
@@ -42,7 +42,6 @@ CONVERT = [
     "fold-threshold-normalization",
     "dce",
     "canonicalize",
-    "partition-to-tiles",
 ]
 
 #: named pipelines run by ``bsnnc compile --pipeline NAME``.
@@ -59,21 +58,23 @@ def run_pipeline(
     *,
     names: list[str] | None = None,
     dump: DumpFn | None = None,
-) -> tuple[Graph, PassContext]:
-    """Run the ``default`` pipeline (or the passes ``names``) on ``g``; the result and the
-    context with its facts and notes."""
-    ctx = PassContext(options or PassOptions())
+) -> PipelineResult:
+    """Run the ``default`` pipeline (or the passes ``names``) on ``g``: the final graph with
+    every pass's record, the notes and the calibration. The one driver of the CLI, the tests
+    and the benchmarks."""
     passes = resolve(PIPELINES["default"] if names is None else names, REGISTRY)
-    return PassManager(passes, dump, ctx).run(g), ctx
+    return run_passes(g, passes, options, dump)
 
 
 __all__ = [
     "PIPELINES",
     "REGISTRY",
+    "Calibration",
+    "DumpFn",
     "Pass",
-    "PassContext",
-    "PassManager",
     "PassOptions",
+    "PassResult",
+    "PipelineResult",
     "resolve",
     "run_pipeline",
 ]

@@ -1,10 +1,12 @@
-"""Pass base class, pass options and context, the pass manager.
+"""Pass base types, pass options, and the pass driver.
 
-A pass is a pure function (Graph, PassContext) → Graph with a kebab-case name: the context
-carries the explicit options (reset mode, percentile, calibration images) and collects facts
-(calibration statistics) and notes (what was folded) for the report and the artifact. The
-manager verifies the graph after every pass and can hand each intermediate graph to a dump
-callback (``--dump-ir-after``, ``--dump-dir``) and time each pass.
+A pass is a function ``(Graph, PassOptions) → PassResult`` with a kebab-case name: the options
+are explicit (reset mode, percentile, calibration images, a progress callback), and the result
+carries the new graph, whether it changed, notes of what was folded, and typed products
+(the calibration of fold-threshold-normalization). Passes never write into shared state and
+never draw anything. :func:`run_passes` verifies the graph after every pass, can hand each
+intermediate graph to a dump callback (``--dump-ir-after``, ``--dump-dir``) and times each
+pass; it is the one driver the CLI, the tests and the benchmarks use.
 """
 
 from __future__ import annotations
@@ -19,10 +21,20 @@ from bsnnc.ir.graph import Graph
 from bsnnc.ir.verifier import verify
 from bsnnc.runtime.datasets import Images
 
+#: progress of long work inside a pass: ``(what, done, total)``, called with ``done = 0``
+#: first and ``done = total`` last. Passes never draw anything themselves: the caller (the
+#: CLI's progress bar, a test, a notebook) decides what to show.
+ProgressFn = Callable[[str, int, int], None]
+
+
+def no_progress(what: str, done: int, total: int) -> None:
+    """The default :data:`ProgressFn`: report nothing."""
+
 
 @dataclass
 class PassOptions:
-    """Explicit options of the conversion passes (``bsnnc compile --help`` documents them)."""
+    """Explicit options of the conversion passes; the CLI's defaults are these
+    (``bsnnc compile --help`` documents them)."""
 
     #: IF reset mode: ``subtract`` (v -= θ) or ``zero`` (v = 0).
     reset: str = "subtract"
@@ -30,30 +42,87 @@ class PassOptions:
     percentile: float = 99.7
     #: ``layer`` (one threshold scale per layer) or ``channel`` (one per output channel).
     granularity: str = "layer"
-    #: ``activations``: the percentile over all activation values (the authors' code);
-    #: ``image-max``: the percentile over each image's maximum activation (the paper's text).
-    statistic: str = "activations"
+    #: ``image-max``: the percentile over each image's maximum activation (the paper's text);
+    #: ``activations``: the percentile over all activation values (the authors' code).
+    statistic: str = "image-max"
     #: calibration images, loaded on first use.
     calib: Callable[[], Images] | None = None
     #: images per ANN batch during calibration (at most; memory bounds it too).
     calib_batch: int = 64
-    #: hardware configuration: a preset name or a .json/.toml file.
-    hw: str = "rram-128"
-    #: pack partly filled blocks of different layers into shared arrays.
-    pack: bool = False
-    #: full-precision layers: ``digital`` (no arrays) or ``bitsliced`` (8-bit weight slices).
-    fp_layers: str = "digital"
-    #: up to this many times the unduplicated arrays may hold copies of bottleneck layers.
-    duplicate: float = 1.0
+    #: called as long work (calibration) advances.
+    progress: ProgressFn = no_progress
+
+
+@dataclass(frozen=True)
+class CalibratedLayer:
+    """λ of one IF layer. Keyed by the layer's ``loc`` (its source name, which renaming passes
+    keep) and its position among the graph's IF layers, never by a value name."""
+
+    loc: str
+    index: int
+    lam: tuple[float, ...]
+    maximum: tuple[float, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"loc": self.loc, "index": self.index, "lambda": list(self.lam),
+                "max": list(self.maximum)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What fold-threshold-normalization calibrated on, and λ per IF layer."""
+
+    images: int
+    source: str
+    statistic: str
+    percentile: float
+    granularity: str
+    layers: tuple[CalibratedLayer, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the artifact's calibration.json and ``--json`` output)."""
+        return {
+            "images": self.images,
+            "source": self.source,
+            "statistic": self.statistic,
+            "percentile": self.percentile,
+            "granularity": self.granularity,
+            "layers": [layer.as_dict() for layer in self.layers],
+        }
+
+
+def signature(g: Graph) -> tuple[object, ...]:
+    """What a graph means, cheaply comparable: nodes (result, op, operands, attributes, type,
+    loc), constant digests and outputs."""
+    nodes = tuple(
+        (n.result, n.op, n.operands, tuple(sorted(n.attrs.items())), str(n.type), n.loc)
+        for n in g.nodes
+    )
+    consts = tuple(sorted((k, str(c.type), c.digest) for k, c in g.constants.items()))
+    return (g.name, nodes, consts, tuple(g.outputs))
 
 
 @dataclass
-class PassContext:
-    """Options in, facts and notes out."""
+class PassResult:
+    """What one pass returns."""
 
-    options: PassOptions = field(default_factory=PassOptions)
-    facts: dict[str, Any] = field(default_factory=dict)
+    graph: Graph
+    changed: bool
     notes: list[str] = field(default_factory=list)
+    calibration: Calibration | None = None
+
+    @staticmethod
+    def of(
+        before: Graph,
+        after: Graph,
+        notes: Sequence[str] = (),
+        calibration: Calibration | None = None,
+    ) -> PassResult:
+        """The result of a rewrite from ``before`` to ``after`` (``changed`` compares their
+        :func:`signature`)."""
+        changed = after is not before and signature(after) != signature(before)
+        return PassResult(after, changed, list(notes), calibration)
 
 
 @dataclass(frozen=True)
@@ -62,31 +131,53 @@ class Pass:
 
     name: str
     summary: str
-    run: Callable[[Graph, PassContext], Graph]
+    run: Callable[[Graph, PassOptions], PassResult]
 
 
 DumpFn = Callable[[int, str, Graph], None]
 
 
+@dataclass(frozen=True)
+class PassRecord:
+    """How one pass of a pipeline went."""
+
+    name: str
+    seconds: float
+    changed: bool
+
+
 @dataclass
-class PassManager:
-    """Runs passes in order, verifying after each; records wall time per pass."""
+class PipelineResult:
+    """The final graph of a pipeline, every pass's record, all notes and products."""
 
-    passes: Sequence[Pass]
-    dump: DumpFn | None = None
-    ctx: PassContext = field(default_factory=PassContext)
-    timings: list[tuple[str, float]] = field(default_factory=list)
+    graph: Graph
+    passes: list[PassRecord] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    calibration: Calibration | None = None
 
-    def run(self, g: Graph, first_index: int = 1) -> Graph:
-        """Apply every pass; ``dump(i, name, graph)`` is called after each one."""
-        for i, p in enumerate(self.passes, start=first_index):
-            t0 = time.perf_counter()
-            g = p.run(g, self.ctx)
-            verify(g)
-            self.timings.append((p.name, time.perf_counter() - t0))
-            if self.dump is not None:
-                self.dump(i, p.name, g)
-        return g
+
+def run_passes(
+    g: Graph,
+    passes: Sequence[Pass],
+    options: PassOptions | None = None,
+    dump: DumpFn | None = None,
+    first_index: int = 1,
+) -> PipelineResult:
+    """Apply ``passes`` in order, verifying after each; ``dump(i, name, graph)`` is called
+    after each one (``i`` counts from ``first_index``)."""
+    opts = options or PassOptions()
+    out = PipelineResult(g)
+    for i, p in enumerate(passes, start=first_index):
+        t0 = time.perf_counter()
+        r = p.run(out.graph, opts)
+        verify(r.graph)
+        out.passes.append(PassRecord(p.name, time.perf_counter() - t0, r.changed))
+        out.graph = r.graph
+        out.notes += r.notes
+        out.calibration = r.calibration or out.calibration
+        if dump is not None:
+            dump(i, p.name, r.graph)
+    return out
 
 
 def resolve(names: Sequence[str], registry: dict[str, Pass]) -> list[Pass]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bsnnc.compiler.passes.base import Pass, PassContext
+from bsnnc.compiler.passes.base import Pass, PassOptions, PassResult
 from bsnnc.ir.graph import Graph
 
 
-def canonicalize(g: Graph, ctx: PassContext | None = None) -> Graph:
+def canonicalize(g: Graph, options: PassOptions | None = None) -> PassResult:
     """Rename results to their index among non-input nodes; constants in order of first use."""
     rename: dict[str, str] = {}
     counter = 0
@@ -34,7 +34,7 @@ def canonicalize(g: Graph, ctx: PassContext | None = None) -> Graph:
     order = [c for n in g.nodes for c in n.const_operands()]
     consts = {k: g.constants[k] for k in dict.fromkeys(order)}
     consts.update({k: c for k, c in g.constants.items() if k not in consts})
-    return Graph(g.name, nodes, consts, [rename[o] for o in g.outputs])
+    return PassResult.of(g, Graph(g.name, nodes, consts, [rename[o] for o in g.outputs]))
 
 
 PASS = Pass("canonicalize", "renumber values and order constants deterministically", canonicalize)

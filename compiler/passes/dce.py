@@ -7,11 +7,11 @@ Pre: a verified graph. Post: the same outputs; only live nodes and used constant
 
 from __future__ import annotations
 
-from bsnnc.compiler.passes.base import Pass, PassContext
+from bsnnc.compiler.passes.base import Pass, PassOptions, PassResult
 from bsnnc.ir.graph import Graph
 
 
-def dce(g: Graph, ctx: PassContext | None = None) -> Graph:
+def dce(g: Graph, options: PassOptions | None = None) -> PassResult:
     """Keep the inputs and the nodes that outputs depend on, then the constants those read."""
     nodes = g.node_map()
     live: set[str] = set()
@@ -25,7 +25,9 @@ def dce(g: Graph, ctx: PassContext | None = None) -> Graph:
     kept = [n for n in g.nodes if n.result in live or n.op == "input"]
     used = {c for n in kept for c in n.const_operands()}
     consts = {k: c for k, c in g.constants.items() if k in used}
-    return Graph(g.name, kept, consts, list(g.outputs))
+    if len(kept) == len(g.nodes) and len(consts) == len(g.constants):
+        return PassResult(g, changed=False)
+    return PassResult.of(g, Graph(g.name, kept, consts, list(g.outputs)))
 
 
 PASS = Pass("dce", "remove nodes and constants that no output depends on", dce)

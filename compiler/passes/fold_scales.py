@@ -26,18 +26,18 @@ from __future__ import annotations
 import numpy as np
 
 from bsnnc.compiler.passes.affine import Affine, emit_scale_bias
-from bsnnc.compiler.passes.base import Pass, PassContext
+from bsnnc.compiler.passes.base import Pass, PassOptions, PassResult
 from bsnnc.ir.builder import Rewriter
 from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Constant, Graph, Node, attr_ints, channel_param
+from bsnnc.ir.ops import Trait, has_trait
 from bsnnc.ir.types import Kind
-
-_POOLS = ("avgpool", "maxpool", "global_avgpool")
 
 
 class _Folder:
-    def __init__(self, g: Graph, ctx: PassContext) -> None:
-        self.g, self.ctx = g, ctx
+    def __init__(self, g: Graph) -> None:
+        self.g = g
+        self.notes: list[str] = []
         self.rw = Rewriter(g)
         self.aff: dict[str, Affine] = {}
         self.flips: dict[str, set[int]] = {}  # new weighted result → output channels to negate
@@ -65,15 +65,15 @@ class _Folder:
             self.aff[n.result] = Affine.identity(self.channels(new))
         elif n.op in ("scale", "bias"):
             self.absorb(n)
-        elif n.op in _POOLS:
+        elif has_trait(n.op, Trait.POOL):
             self.pool(n)
-        elif n.op in ("flatten", "reshape"):
+        elif has_trait(n.op, Trait.SHAPE):
             self.flatten(n)
         elif n.op == "relu":
             x = self.materialize(n, n.value_operands()[0], allow_negative=False)
             new = self.rw.copy(n, [x])
             self.aff[n.result] = Affine.identity(self.channels(new))
-        elif n.op in ("conv2d", "dense"):
+        elif has_trait(n.op, Trait.WEIGHTED):
             self.weighted(n)
         else:
             raise self.fail(n, f"unexpected op {n.op}")
@@ -167,7 +167,7 @@ class _Folder:
                 raise self.fail(n, "a channel has scale 0 (its activation is constant)")
         if a.folded:
             what = ", ".join(dict.fromkeys(a.folded))
-            self.ctx.notes.append(f"fold-scales: {what} → one affine before {n.loc or n.op}")
+            self.notes.append(f"fold-scales: {what} → one affine before {n.loc or n.op}")
         loc = a.folded[0] if a.folded else n.loc
         name = (loc or n.result).strip("/").replace("/", ".")
         return emit_scale_bias(self.rw, self.rw.env[x], a.s, a.b, name, loc)
@@ -185,15 +185,16 @@ class _Folder:
             self.rw.graph.constants[new] = Constant.from_array(new, c.type.kind, data)
             node.operands = (node.operands[0], "@" + new, *node.operands[2:])
             kind = "±1 sign pattern" if c.type.kind == Kind.BIPOLAR else "weights"
-            self.ctx.notes.append(
+            self.notes.append(
                 f"fold-scales: negated the {kind} of {len(idx)} output channel(s) of "
                 f"{node.loc or node.result} (negative scale)"
             )
 
 
-def fold_scales(g: Graph, ctx: PassContext) -> Graph:
+def fold_scales(g: Graph, options: PassOptions) -> PassResult:
     """See the module docstring."""
-    return _Folder(g, ctx).run()
+    folder = _Folder(g)
+    return PassResult.of(g, folder.run(), folder.notes)
 
 
 PASS = Pass(

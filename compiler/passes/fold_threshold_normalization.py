@@ -31,40 +31,33 @@ weights cannot absorb per-input-channel factors.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
-from rich.progress import Progress
 
-from bsnnc.compiler.calibrate import Calibrator, LayerStat, batches
-from bsnnc.compiler.console import err
+from bsnnc.compiler.calibrate import Calibrator, batches
 from bsnnc.compiler.passes.affine import emit_scale_bias
-from bsnnc.compiler.passes.base import Pass, PassContext
+from bsnnc.compiler.passes.base import (
+    CalibratedLayer,
+    Calibration,
+    Pass,
+    PassOptions,
+    PassResult,
+)
 from bsnnc.ir.builder import Rewriter
 from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Graph, Node, channel_param
+from bsnnc.ir.ops import Trait, has_trait, threshold_unit
 from bsnnc.ir.types import Kind
 from bsnnc.ir.verifier import verify_spiking
 
-SIGNIFICANT_BITS = 20
 #: live activations during calibration stay near this many bytes.
 CALIB_BYTES = 256 << 20
-_THROUGH = (
-    "scale",
-    "bias",
-    "avgpool",
-    "maxpool",
-    "global_avgpool",
-    "flatten",
-    "reshape",
-    "conv2d",
-    "dense",
-)
+#: ops that carry an IF layer's spikes (and so its λ) to the next IF or readout
+_THROUGH = (Trait.AFFINE, Trait.POOL, Trait.SHAPE, Trait.WEIGHTED)
 
 
 def dyadic_step(theta: np.ndarray) -> float:
     """q = 2^(⌊log2 min θ⌋ − 20): every θ keeps at least 20 significant bits."""
-    return float(2.0 ** (np.floor(np.log2(np.min(theta))) - SIGNIFICANT_BITS))
+    return float(2.0 ** threshold_unit(theta))
 
 
 def _affine_chain(g: Graph, n: Node) -> tuple[list[Node], str]:
@@ -93,7 +86,7 @@ def _lambda_in(g: Graph, value: str, lam: dict[str, np.ndarray]) -> float:
     """λ of the IF layer whose spikes feed ``value`` through linear ops (1 for the input)."""
     nodes = g.node_map()
     cur = nodes[value]
-    while cur.op in _THROUGH:
+    while has_trait(cur.op, *_THROUGH):
         cur = nodes[cur.value_operands()[0]]
     if cur.op == "if":
         return float(np.max(lam[cur.result]))
@@ -113,8 +106,7 @@ def calibration_batch(g: Graph, at_most: int, budget: int = CALIB_BYTES) -> int:
     return max(1, min(at_most, budget // per_image))
 
 
-def _calibrate(g: Graph, ctx: PassContext) -> list[LayerStat]:
-    opts = ctx.options
+def _calibrate(g: Graph, opts: PassOptions) -> Calibration:
     if opts.calib is None:
         raise BsnncError(
             "fold-threshold-normalization needs calibration images: pass --calib NAME|PATH"
@@ -123,32 +115,20 @@ def _calibrate(g: Graph, ctx: PassContext) -> list[LayerStat]:
     p = 100.0 if opts.percentile >= 100 else opts.percentile
     cal = Calibrator(g, len(images), p, opts.statistic, opts.granularity == "channel")
     batch = calibration_batch(g, opts.calib_batch)
-    with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task(f"calibrating on {len(images)} images", total=len(images))
-        for x in batches(images, batch):
-            cal.add(x)
-            bar.advance(task, x.shape[0])
-    stats = cal.result()
-    ctx.facts["calibration"] = {
-        "images": len(images),
-        "source": images.name,
-        "statistic": opts.statistic,
-        "percentile": p,
-        "granularity": opts.granularity,
-        "layers": [
-            {
-                "node": f"%{s.node}",
-                "loc": s.loc,
-                "lambda": s.lam.tolist(),
-                "max": s.maximum.tolist(),
-            }
-            for s in stats
-        ],
-    }
-    return stats
+    what, done = f"calibrating on {len(images)} images", 0
+    opts.progress(what, 0, len(images))
+    for x in batches(images, batch):
+        cal.add(x)
+        done += x.shape[0]
+        opts.progress(what, done, len(images))
+    layers = tuple(
+        CalibratedLayer(s.loc, i, tuple(s.lam.tolist()), tuple(s.maximum.tolist()))
+        for i, s in enumerate(cal.result())
+    )
+    return Calibration(len(images), images.name, opts.statistic, p, opts.granularity, layers)
 
 
-def _emit_if(rw: Rewriter, g: Graph, n: Node, lam: dict[str, np.ndarray], ctx: PassContext) -> None:
+def _emit_if(rw: Rewriter, g: Graph, n: Node, lam: dict[str, np.ndarray], notes: list[str]) -> None:
     chain, src = _affine_chain(g, n)
     channels = int(n.type.shape[1] or 1)
     s, b = _compose(g, chain, channels)
@@ -166,7 +146,7 @@ def _emit_if(rw: Rewriter, g: Graph, n: Node, lam: dict[str, np.ndarray], ctx: P
         c = rw.const(f"{name}.theta", Kind.F32, theta.astype(np.float32))
         rw.env[n.result] = rw.add("if", [x, c], {**attrs, "theta": 1.0}, loc=n.loc)
     folded = ", ".join(c.loc or c.op for c in chain) or "nothing"
-    ctx.notes.append(
+    notes.append(
         f"fold-threshold-normalization: {n.loc or n.result}: θ = {_summary(theta)} "
         f"(λ = {_summary(lam[n.result])}, λ_in = {lam_in:.4g}; folded: {folded})"
     )
@@ -187,38 +167,25 @@ def _emit_readout(rw: Rewriter, g: Graph, n: Node, lam: dict[str, np.ndarray]) -
     rw.env[n.result] = rw.add("readout", [x], loc=n.loc)
 
 
-def fold_threshold_normalization(g: Graph, ctx: PassContext) -> Graph:
+def fold_threshold_normalization(g: Graph, options: PassOptions) -> PassResult:
     """See the module docstring."""
     verify_spiking(g)
-    stats = _calibrate(g, ctx)
-    lam = {s.node: s.lam for s in stats}
+    calibration = _calibrate(g, options)
+    ifs = [n for n in g.nodes if n.op == "if"]
+    lam = {n.result: np.asarray(c.lam) for n, c in zip(ifs, calibration.layers, strict=True)}
     skip = {c.result for n in g.nodes if n.op in ("if", "readout") for c in _affine_chain(g, n)[0]}
     rw = Rewriter(g)
+    notes: list[str] = []
     for n in g.nodes:
         if n.result in skip:
             continue
         if n.op == "if":
-            _emit_if(rw, g, n, lam, ctx)
+            _emit_if(rw, g, n, lam, notes)
         elif n.op == "readout":
             _emit_readout(rw, g, n, lam)
         else:
             rw.copy(n)
-    return rw.finish_from_source()
-
-
-def name_calibrated_layers(facts: dict[str, Any], g: Graph) -> None:
-    """Point the calibration facts' ``node`` at the IF values of the final graph ``g``.
-
-    Later passes (dce, canonicalize) rename values but keep the IF layers, their order and
-    their locs; each calibrated layer is matched to the next final IF with the same loc."""
-    layers = (facts.get("calibration") or {}).get("layers", [])
-    finals = [n for n in g.nodes if n.op == "if"]
-    i = 0
-    for layer in layers:
-        while i < len(finals) and (finals[i].loc or "") != layer["loc"]:
-            i += 1
-        layer["node"] = f"%{finals[i].result}" if i < len(finals) else None
-        i += 1
+    return PassResult.of(g, rw.finish_from_source(), notes, calibration)
 
 
 PASS = Pass(

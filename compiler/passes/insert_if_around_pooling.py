@@ -17,23 +17,15 @@ arrangements:
 
 from __future__ import annotations
 
-from bsnnc.compiler.passes.base import Pass, PassContext
+from bsnnc.compiler.passes.base import Pass, PassOptions, PassResult
 from bsnnc.ir.builder import Rewriter
 from bsnnc.ir.graph import Attrs, Graph, Node
+from bsnnc.ir.ops import Trait, has_trait, is_binary_layer
 from bsnnc.ir.types import Kind
 from bsnnc.ir.verifier import verify_spiking
 
-_SHAPE_OPS = ("flatten", "reshape")
-_POOLS = ("avgpool", "global_avgpool")
 
-
-def _is_binary(g: Graph, n: Node) -> bool:
-    return (
-        n.op in ("conv2d", "dense") and g.constants[n.const_operands()[0]].type.kind == Kind.BIPOLAR
-    )
-
-
-def _hoist_if_over_maxpool(g: Graph, ctx: PassContext) -> Graph:
+def _hoist_if_over_maxpool(g: Graph, notes: list[str]) -> Graph:
     """``maxpool → [scale] → [bias] → if``  ⇒  ``[scale] → [bias] → if → maxpool``."""
     nodes, users = g.node_map(), g.users()
     moves: dict[str, list[Node]] = {}  # if result → [maxpool, affine ops...] in order
@@ -63,23 +55,25 @@ def _hoist_if_over_maxpool(g: Graph, ctx: PassContext) -> Graph:
             x = rw.add(a.op, [x, *a.operands[1:]], a.attrs, loc=a.loc)
         x = rw.add("if", [x, *n.operands[1:]], n.attrs, loc=n.loc)
         rw.env[n.result] = rw.add("maxpool", [x], pool.attrs, loc=pool.loc)
-        ctx.notes.append(
+        notes.append(
             f"insert-if-around-pooling: IF moved before max pool {pool.loc or pool.result}"
         )
     return rw.finish_from_source()
 
 
-def _insert_after_pools(g: Graph, ctx: PassContext) -> Graph:
+def _insert_after_pools(g: Graph, reset: str, notes: list[str]) -> Graph:
     """Insert ``if`` after average/global pools (and shape ops) that feed binary layers."""
     nodes = g.node_map()
     need: set[str] = set()
     for n in g.nodes:
-        if not _is_binary(g, n):
+        if not is_binary_layer(g, n):
             continue
         cur = nodes[n.value_operands()[0]]
-        while cur.op in _SHAPE_OPS:
+        while has_trait(cur.op, Trait.SHAPE):
             cur = nodes[cur.value_operands()[0]]
-        pooled = nodes[cur.value_operands()[0]] if cur.op in _POOLS else None
+        # an average pool of spikes is no longer 0/1 (a max pool is: it passes spikes through)
+        linear = has_trait(cur.op, Trait.LINEAR_POOL)
+        pooled = nodes[cur.value_operands()[0]] if linear else None
         if pooled is not None and pooled.type.kind == Kind.SPIKE and cur.type.kind != Kind.SPIKE:
             need.add(cur.result)
     if not need:
@@ -88,17 +82,18 @@ def _insert_after_pools(g: Graph, ctx: PassContext) -> Graph:
     for n in g.nodes:
         new = rw.copy(n)
         if n.result in need:
-            attrs: Attrs = {"theta": 1.0, "reset": ctx.options.reset}
+            attrs: Attrs = {"theta": 1.0, "reset": reset}
             rw.env[n.result] = rw.add("if", [new], attrs, loc=f"{n.loc or n.result}.if")
-            ctx.notes.append(f"insert-if-around-pooling: IF inserted after {n.loc or n.result}")
+            notes.append(f"insert-if-around-pooling: IF inserted after {n.loc or n.result}")
     return rw.finish_from_source()
 
 
-def insert_if_around_pooling(g: Graph, ctx: PassContext) -> Graph:
+def insert_if_around_pooling(g: Graph, options: PassOptions) -> PassResult:
     """See the module docstring."""
-    g = _insert_after_pools(_hoist_if_over_maxpool(g, ctx), ctx)
-    verify_spiking(g)
-    return g
+    notes: list[str] = []
+    out = _insert_after_pools(_hoist_if_over_maxpool(g, notes), options.reset, notes)
+    verify_spiking(out)
+    return PassResult.of(g, out, notes)
 
 
 PASS = Pass(

@@ -9,18 +9,18 @@ so the graph still computes the same function.
 
 from __future__ import annotations
 
-from bsnnc.compiler.passes.base import Pass, PassContext
+from bsnnc.compiler.passes.base import Pass, PassOptions, PassResult
 from bsnnc.ir.builder import Rewriter
 from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Graph
 
 
-def lower_relu_to_if(g: Graph, ctx: PassContext) -> Graph:
+def lower_relu_to_if(g: Graph, options: PassOptions) -> PassResult:
     """See the module docstring."""
     if any(n.op == "readout" for n in g.nodes):
         raise BsnncError("lower-relu-to-if: the graph is already lowered (it has a readout)")
     rw = Rewriter(g)
-    reset = ctx.options.reset
+    reset = options.reset
     for n in g.nodes:
         if n.op == "relu":
             x = rw.operand(n.operands[0])
@@ -29,7 +29,7 @@ def lower_relu_to_if(g: Graph, ctx: PassContext) -> Graph:
             rw.copy(n)
     for o in g.outputs:
         rw.env[o] = rw.add("readout", [rw.env[o]], loc=g.node_map()[o].loc)
-    return rw.finish_from_source()
+    return PassResult.of(g, rw.finish_from_source())
 
 
 PASS = Pass("lower-relu-to-if", "ReLU → IF neuron; outputs → readout", lower_relu_to_if)

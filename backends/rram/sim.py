@@ -1,4 +1,5 @@
-"""The tile simulator: executes an artifact's tile program on the RRAM accelerator model.
+"""The tile simulator: executes an artifact's tile program on the RRAM accelerator model,
+counting events for the cost model (:mod:`bsnnc.backends.rram.cost`).
 
 Functional (ideal mode): every ``mvm`` is computed array block by array block — the im2col
 rows of the input spikes against the bit-packed ±1 weights of ``program.npz`` (not the IR's
@@ -13,30 +14,17 @@ predictions therefore equal the numpy SNN reference bit for bit, which the tests
 Like the reference, each instruction is executed for all T timesteps of a chunk of images at
 once: within a timestep the program order is a topological order and only neuron membranes
 carry state across steps, so this equals looping ``loop timestep`` T times.
-
-Cycle-approximate counters (per timestep and array): driven rows (event-driven: only rows whose
-input spiked), MVM reads issued vs skipped (no input row spiked), sense/ADC conversions (one per
-block column per issued read), partial-sum additions across row blocks, neuron updates and
-spike packets × hops. Cycles per timestep of a layer = the busiest array's issued reads ×
-⌈block rows / max_rows_driven⌉ × (columns_per_adc + 1) (row drive, then the multiplexed
-conversions); the layers form a pipeline
-over timesteps, bounded below by Σ_t max_l and above by Σ_t Σ_l of the per-layer cycles.
-A ``send`` with hops > 0 is a stage of its own: hops × ``noc_hop_cycles`` in every step
-that sends a spike (latency; links are not modelled as a bandwidth limit).
-Events are kept per image and timestep while a chunk runs, so that with early exit each image
-contributes only the steps before its exit (``Counters.absorb``).
 """
 
 from __future__ import annotations
 
 import io
-import json
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from bsnnc.backends.rram.cost import Counters, Events, check_hw, load_mapping
 from bsnnc.backends.rram.emit import load_program
 from bsnnc.backends.rram.hw import HwConfig, load_hw
 from bsnnc.backends.rram.mapping import FP_BITS, input_bits
@@ -44,96 +32,12 @@ from bsnnc.backends.rram.program import Program, Stmt, Tok
 from bsnnc.ir.errors import ArtifactError, BsnncError
 from bsnnc.ir.graph import Graph, Node, attr_ints
 from bsnnc.ir.io import read_npz
+from bsnnc.ir.ops import Trait, ops_with
 from bsnnc.runtime.ann import last_uses
 from bsnnc.runtime.artifact import Artifact
 from bsnnc.runtime.intkernels import BlockedSpikeMatMul
 from bsnnc.runtime.simulate import exit_steps
 from bsnnc.runtime.snn import SnnTrace, Value, digital, if_scan, readout, record_spikes
-
-
-@dataclass
-class Counters:
-    """Event counts, summed over images; per-timestep vectors have length T."""
-
-    T: int
-    row_activations: np.ndarray
-    reads_issued: np.ndarray
-    reads_skipped: np.ndarray
-    conversions: np.ndarray
-    psum_adds: np.ndarray
-    neuron_updates: np.ndarray
-    spike_packets: np.ndarray
-    packet_hops: np.ndarray
-    cell_reads: np.ndarray
-    #: per layer: [T] cycles of its busiest array, summed over images
-    layer_cycles: dict[str, np.ndarray] = field(default_factory=dict)
-    #: per layer: [T] row activations
-    layer_rows: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @staticmethod
-    def zeros(T: int) -> Counters:
-        def z() -> np.ndarray:
-            return np.zeros(T, np.int64)
-
-        return Counters(T, z(), z(), z(), z(), z(), z(), z(), z(), z())
-
-    def add_layer_cycles(self, layer: str, cycles: np.ndarray) -> None:
-        self.layer_cycles[layer] = self.layer_cycles.get(layer, np.zeros(self.T, np.int64)) + cycles
-
-    def absorb(self, ev: Events, steps: np.ndarray) -> None:
-        """Adds one chunk's events, each image's only for the timesteps before it exits
-        (``steps`` is 1-based; T when the image ran the whole window)."""
-        active = (np.arange(1, self.T + 1)[:, None] <= steps[None, :]).astype(np.int64)
-        for name, per_image in ev.counts.items():
-            total = getattr(self, name)
-            total += (per_image * active).sum(axis=1)
-        for layer, per_image in ev.rows.items():
-            add = (per_image * active).sum(axis=1)
-            self.layer_rows[layer] = self.layer_rows.get(layer, np.zeros(self.T, np.int64)) + add
-        stages: dict[str, np.ndarray] = {}
-        for (layer, _block, _copy), busy in sorted(ev.busy.items()):
-            # copies and row blocks work in parallel: the busiest one sets the time
-            stage = (busy * active).sum(axis=1)
-            stages[layer] = np.maximum(stages.get(layer, np.zeros(self.T, np.int64)), stage)
-        for layer, stage in stages.items():
-            self.add_layer_cycles(layer, stage)
-
-
-@dataclass
-class Events:
-    """One chunk's events per timestep and image (each [T, b], or [1, b] when the same at
-    every step), before early exit is applied (``Counters.absorb``)."""
-
-    T: int
-    b: int
-    counts: dict[str, np.ndarray] = field(default_factory=dict)
-    #: layer → driven rows
-    rows: dict[str, np.ndarray] = field(default_factory=dict)
-    #: (layer, row block, copy) → busy cycles of that copy's arrays of that row block
-    busy: dict[tuple[str, int, int], np.ndarray] = field(default_factory=dict)
-
-    #: True while the ``once`` block runs: its events happen at the first step only
-    once: bool = False
-
-    def _zeros(self) -> np.ndarray:
-        return np.zeros((self.T, self.b), np.int64)
-
-    def _at(self, per_image: np.ndarray | int) -> np.ndarray | int:
-        if not self.once:
-            return per_image
-        first = self._zeros()
-        first[0] = np.asarray(per_image).reshape(-1) if np.ndim(per_image) else per_image
-        return first
-
-    def add(self, name: str, per_image: np.ndarray | int) -> None:
-        """Adds ``per_image`` ([T, b], [1, b] or a scalar per image and step) to a count."""
-        self.counts[name] = self.counts.get(name, self._zeros()) + self._at(per_image)
-
-    def add_rows(self, layer: str, per_image: np.ndarray) -> None:
-        self.rows[layer] = self.rows.get(layer, self._zeros()) + self._at(per_image)
-
-    def add_busy(self, key: tuple[str, int, int], per_image: np.ndarray) -> None:
-        self.busy[key] = self.busy.get(key, self._zeros()) + self._at(per_image)
 
 
 def _im2col(s: np.ndarray, n: Node, kh: int, kw: int) -> tuple[np.ndarray, int, int]:
@@ -205,50 +109,7 @@ def _as_int(a: object) -> int:
     return a
 
 
-def _mapping(art: Artifact) -> dict[str, Any]:
-    """The artifact's mapping.json (empty when absent or unreadable)."""
-    try:
-        data = json.loads(art.extra["mapping.json"])
-    except (KeyError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _compiled_hw(mapping: dict[str, Any]) -> HwConfig | None:
-    """The hardware configuration recorded at compile time (mapping.json), if any — so an
-    artifact compiled with a custom ``--hw FILE`` simulates without that file."""
-    try:
-        return HwConfig(**mapping["hw_config"])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-#: what the mapping and the program were built for: a simulation must use the same
-GEOMETRY = ("rows", "columns", "rows_per_input", "reference_columns", "arrays_per_tile")
-
-
-def check_hw(hw: HwConfig, mapping: dict[str, Any], path: str, spec: str) -> None:
-    """A hardware configuration given at simulation time (``--hw spec``) may change the
-    periphery (clock, ADC, row-drive limit, NoC latency, energy table) but not what the
-    mapping (the artifact's mapping.json) depends on, and its accumulators must hold the
-    partial sums."""
-    compiled = _compiled_hw(mapping)
-    for key in GEOMETRY if compiled is not None else ():
-        want, got = getattr(compiled, key), getattr(hw, key)
-        if want != got:
-            raise BsnncError(
-                f"--hw {spec}: {key} = {got}, but {path} was compiled for {key} = {want}; "
-                f"recompile with --hw {spec}"
-            )
-    needed = mapping.get("accumulator_bits_needed", 0)
-    if isinstance(needed, int) and needed > hw.accumulator_bits:
-        raise BsnncError(
-            f"--hw {spec}: accumulator_bits = {hw.accumulator_bits}, but the partial sums of "
-            f"{path} need {needed} bits"
-        )
-
-
-_OPS_OF = {"fire": ("if",), "readout": ("readout",), "mvm": ("conv2d", "dense")}
+_OPS_OF = {"fire": ("if",), "readout": ("readout",), "mvm": ops_with(Trait.WEIGHTED)}
 
 
 def _check_against_graph(p: Program, g: Graph, source: str) -> None:
@@ -284,10 +145,11 @@ class TileSimulator:
         self.g: Graph = art.graph
         self.program: Program = load_program(path, art.extra)
         _check_against_graph(self.program, self.g, f"{path}[program.txt]")
-        mapping = _mapping(art)
+        self.mapping = load_mapping(art.extra, path)
         if hw is not None:
-            check_hw(hw, mapping, path, hw_spec or hw.name)
-        self.hw = hw or _compiled_hw(mapping) or load_hw(self.program.hw)
+            check_hw(hw, self.mapping, path, hw_spec or hw.name)
+        compiled = self.mapping.hw if self.mapping is not None else None
+        self.hw = hw or compiled or load_hw(self.program.hw)
         try:
             self.arrays = read_npz(io.BytesIO(art.extra["program.npz"]))
         except KeyError:
@@ -517,27 +379,3 @@ def input_planes(x: np.ndarray, spikes: bool, bits: int = FP_BITS) -> list[np.nd
         for j in range(bits):
             planes.append((((q >> j) & 1).astype(bool) & sign).astype(np.uint8))
     return planes
-
-
-def cycles(c: Counters, images: int) -> dict[str, Any]:
-    """The pipeline model: per timestep the layers' cycles (per image, averaged)."""
-    layers = sorted(c.layer_cycles)
-    if not layers or images == 0:
-        return {
-            "cycles": 0,
-            "cycles_lower_bound": 0,
-            "cycles_upper_bound": 0,
-            "critical_layer": None,
-        }
-    per = np.stack([c.layer_cycles[k] for k in layers]) / images  # [L, T]
-    fill = float(per[:, 0].sum())
-    steady = float(per[:, 1:].max(axis=0).sum())
-    lower = float(per.max(axis=0).sum())
-    upper = float(per.sum())
-    critical = layers[int(np.argmax(per.sum(axis=1)))]
-    return {
-        "cycles": max(lower, fill + steady),
-        "cycles_lower_bound": lower,
-        "cycles_upper_bound": upper,
-        "critical_layer": f"%{critical}",
-    }

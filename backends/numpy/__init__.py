@@ -1,1 +1,0 @@
-"""bsnnc.backends.numpy."""
