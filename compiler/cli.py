@@ -1,13 +1,16 @@
 """The ``bsnnc`` command line.
 
 Exit codes: 0 success; 1 a check failed (e.g. ``verify`` over tolerance); 2 bad input or
-usage (the message names the place: ONNX node and op, IR line:column, artifact member).
+usage (the message names the place: ONNX node and op, IR line:column, artifact member);
+130 interrupted (Ctrl-C, SIGINT); 143 terminated (SIGTERM). Either signal unwinds the command
+like an error, so temporary files are removed, and ends with one line, no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -19,6 +22,27 @@ from bsnnc.compiler.passes import PIPELINES, REGISTRY
 from bsnnc.ir.errors import BsnncError
 
 EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like :class:`KeyboardInterrupt` for SIGINT, so that
+    ``finally`` blocks and :func:`bsnnc.ir.io.atomic_write` clean up before exit 143."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """The SIGTERM handler: unwind the main thread with :class:`Terminated`."""
+    raise Terminated
+
+
+def _catch_sigterm() -> Any:
+    """Install the SIGTERM handler; returns the previous one (None if it cannot be set here,
+    e.g. outside the main thread, or was not set from Python)."""
+    try:
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:
+        return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,17 +75,21 @@ def _list_passes(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    func: Any = args.func
+    """Entry point of the CLI; returns the exit code."""
+    previous = _catch_sigterm()
     try:
+        args = build_parser().parse_args(argv)
+        func: Any = args.func
         return int(func(args))
     except BsnncError as e:
         _print_error(e.message)
         return e.exit_code
     except KeyboardInterrupt:
         _print_error("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
+    except Terminated:
+        _print_error("terminated")
+        return EXIT_TERMINATED
     except BrokenPipeError:
         return 0
     except Exception as e:  # a bug in bsnnc, not in the input
@@ -72,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(set BSNNC_DEBUG=1 for a traceback, and please report it)"
         )
         return EXIT_INTERNAL
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _print_error(message: str) -> None:

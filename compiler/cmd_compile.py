@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bsnnc.compiler.console import (
+    MAX_DIM,
     emit_json,
     err,
     layers_table,
@@ -32,7 +33,7 @@ from bsnnc.compiler.passes.base import DumpFn
 from bsnnc.compiler.report import layer_table
 from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Graph
-from bsnnc.ir.io import save_ir, write_npz
+from bsnnc.ir.io import check_replaceable, save_ir, write_npz
 from bsnnc.ir.printer import print_graph
 from bsnnc.runtime.artifact import Artifact, write_artifact
 from bsnnc.runtime.datasets import NAMED
@@ -52,7 +53,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--input-shape",
         type=shape_arg,
-        help="per-sample input shape C,H,W for models with dynamic dimensions",
+        help="per-sample input shape C,H,W for models with dynamic dimensions "
+        f"(each 1..{MAX_DIM:,})",
     )
     group = p.add_mutually_exclusive_group()
     group.add_argument(
@@ -102,7 +104,19 @@ def _dumper(args: argparse.Namespace, stages: list[str]) -> DumpFn:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Compile; returns the exit code."""
+    """Compile; returns the exit code. A failure with ``--dump-dir`` keeps the stage files
+    written so far (they show how far it got) and says where they are."""
+    try:
+        return _compile(args)
+    except BaseException:
+        if args.dump_dir is not None and any(Path(args.dump_dir).glob("[0-9][0-9]-*.ir")):
+            note = f"note: stage files written so far are in {args.dump_dir}"
+            err.print(note, markup=False, highlight=False)
+        raise
+
+
+def _compile(args: argparse.Namespace) -> int:
+    """Import, run the passes, write the artifact and report; returns the exit code."""
     from bsnnc.compiler.frontend.importer import import_onnx  # onnx loads only to compile
 
     if sum([args.json, args.dump_ir, args.dump_program]) > 1:
@@ -110,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
     model = resolve_model(args.model)
     names = args.passes if args.passes is not None else PIPELINES[args.pipeline]
     resolve(names, REGISTRY)
+    printing = args.dump_ir or args.dump_program
+    out = args.output or (None if printing else Path(model.stem + ".tiles"))
+    if out is not None:
+        check_replaceable(out)  # before the work, not after it
     dump = _dumper(args, ["import", *names])
     with err.status(f"importing {model.name}"):
         graph = import_onnx(model, args.input_shape)
@@ -122,8 +140,6 @@ def run(args: argparse.Namespace) -> int:
             "--dump-program needs a spiking graph: the default pipeline (or passes ending in "
             "fold-threshold-normalization)"
         )
-    printing = args.dump_ir or args.dump_program
-    out = args.output or (None if printing else Path(model.stem + ".tiles"))
     if out is not None:
         with err.status(f"writing {out}"):
             write_artifact(out, _artifact(compiled, model, names, args))

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from bsnnc.backends.rram.cost import load_mapping
-from bsnnc.backends.rram.emit import load_program
 from bsnnc.backends.rram.program import Program
+from bsnnc.backends.rram.validate import check_artifact
 from bsnnc.compiler.console import (
+    MAX_DIM,
     emit_json,
     err,
     layers_table,
@@ -35,7 +36,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--input-shape",
         type=shape_arg,
-        help="per-sample input shape C,H,W for ONNX models with dynamic dimensions",
+        help="per-sample input shape C,H,W for ONNX models with dynamic dimensions "
+        f"(each 1..{MAX_DIM:,})",
     )
     p.add_argument("--json", action="store_true", help="print JSON to stdout")
     p.set_defaults(func=run)
@@ -53,7 +55,9 @@ def load_any(spec: str, input_shape: tuple[int, ...] | None = None) -> tuple[Gra
         if mapping is not None:
             facts["mapping"] = mapping.summary()
         if "program.txt" in a.extra:
-            facts["program"] = program_summary(load_program(str(path), a.extra))
+            program = check_artifact(a, str(path))
+            assert program is not None
+            facts["program"] = program_summary(program)
         return a.graph, facts
     from bsnnc.compiler.frontend.importer import import_onnx  # onnx loads only when needed
 

@@ -4,9 +4,10 @@ rates, normalized #OPS and early exit."""
 from __future__ import annotations
 
 import argparse
+import io
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -18,11 +19,24 @@ from bsnnc.backends.rram.energy import (
     load_energy,
 )
 from bsnnc.backends.rram.hw import HwConfig, load_hw
-from bsnnc.compiler.console import EMBEDDED_MODELS, emit_json, err, positive_int, size_arg
+from bsnnc.backends.rram.validate import check_artifact
+from bsnnc.compiler.console import (
+    EMBEDDED_MODELS,
+    MAX_BATCH,
+    MAX_IMAGES,
+    MAX_SEED,
+    emit_json,
+    err,
+    float_in,
+    format_size,
+    int_in,
+    size_in,
+)
 from bsnnc.compiler.options import check_images
 from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Graph
-from bsnnc.runtime.artifact import read_artifact
+from bsnnc.ir.io import atomic_write, check_replaceable
+from bsnnc.runtime.artifact import Artifact, read_artifact
 from bsnnc.runtime.datasets import NAMED, Images, load_images
 
 if TYPE_CHECKING:  # the simulators load onnxruntime: imported when a command runs
@@ -55,6 +69,12 @@ NONIDEAL_OPTIONS = (
     ("seed", "--seed"),
 )
 RRAM_OPTIONS = (("hw", "--hw"), ("energy", "--energy"))
+
+#: ranges of the numeric flags (checked when the command line is parsed)
+MAX_TIMESTEPS = 1_000_000
+MAX_ADC_BITS = 32
+MAX_VARIATION = 10.0
+MIN_MEMORY, MAX_MEMORY = 16 << 20, 1 << 40
 
 
 class CompileOnlyAction(argparse.Action):
@@ -105,26 +125,38 @@ def add_parser(sub: Any) -> None:
         "(default: the test split of the artifact's calibration data set)",
     )
     p.add_argument(
-        "--timesteps", "-T", type=positive_int, default=64, help="timesteps (default: %(default)s)"
+        "--timesteps",
+        "-T",
+        type=int_in(1, MAX_TIMESTEPS),
+        default=64,
+        help=f"timesteps (1..{MAX_TIMESTEPS:,}; default: %(default)s)",
     )
     p.add_argument(
         "--early-exit",
-        type=float,
+        type=float_in(0.0),
         metavar="V",
-        help="stop an image once its max final membrane exceeds V",
+        help="stop an image once its max final membrane exceeds V (a finite number ≥ 0)",
     )
-    p.add_argument("--limit", type=positive_int, help="use the first N images")
+    p.add_argument(
+        "--limit",
+        type=int_in(1, MAX_IMAGES),
+        metavar="N",
+        help=f"use the first N images (1..{MAX_IMAGES:,})",
+    )
     p.add_argument(
         "--batch",
-        type=positive_int,
+        type=int_in(1, MAX_BATCH),
         default=128,
-        help="images per chunk at most (default: %(default)s)",
+        metavar="B",
+        help=f"images per chunk at most (1..{MAX_BATCH:,}; default: %(default)s)",
     )
     p.add_argument(
         "--max-memory",
-        type=size_arg,
+        type=size_in(MIN_MEMORY, MAX_MEMORY),
         default="2G",
-        help="memory bound per chunk, e.g. 512M, 4G (default: %(default)s)",
+        metavar="SIZE",
+        help=f"memory bound per chunk, e.g. 512M, 4G ({format_size(MIN_MEMORY)}.."
+        f"{format_size(MAX_MEMORY)}; default: %(default)s)",
     )
     p.add_argument(
         "--backend",
@@ -135,21 +167,29 @@ def add_parser(sub: Any) -> None:
     )
     ni = p.add_argument_group("non-idealities (--backend rram; off by default, seeded)")
     ni.add_argument(
-        "--adc-bits", type=positive_int, help="clip each array's column sums to ±(2^(bits−1) − 1)"
+        "--adc-bits",
+        type=int_in(1, MAX_ADC_BITS),
+        metavar="BITS",
+        help=f"clip each array's column sums to ±(2^(bits−1) − 1) (1..{MAX_ADC_BITS})",
     )
     ni.add_argument(
         "--variation",
-        type=float,
+        type=float_in(0.0, MAX_VARIATION),
         metavar="SIGMA",
-        help="relative σ of each cell's conductance (default: 0)",
+        help=f"relative σ of each cell's conductance (0..{MAX_VARIATION:g}; default: 0)",
     )
     ni.add_argument(
         "--stuck-at",
-        type=float,
+        type=float_in(0.0, 1.0),
         metavar="P",
-        help="fraction of cells stuck at +1 or −1 (default: 0)",
+        help="fraction of cells stuck at +1 or −1 (0..1; default: 0)",
     )
-    ni.add_argument("--seed", type=int, help="seed of the non-idealities (default: 0)")
+    ni.add_argument(
+        "--seed",
+        type=int_in(0, MAX_SEED),
+        metavar="S",
+        help="seed of the non-idealities (0..2^63−1; default: 0)",
+    )
     p.add_argument(
         "--hw",
         metavar="PRESET|FILE",
@@ -207,8 +247,8 @@ def _check_artifact_path(path: Path) -> None:
         )
 
 
-def _spiking_graph(path: Path) -> Graph:
-    g = read_artifact(path).graph
+def _spiking_graph(art: Artifact, path: Path) -> Graph:
+    g = art.graph
     if not any(n.op == "readout" for n in g.nodes):
         raise BsnncError(
             f"{path}: member graph.ir is not a spiking network (no readout); recompile it with "
@@ -223,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
     from bsnnc.backends.rram.sim import TileSimulator
     from bsnnc.runtime.simulate import (
         ann_accuracy,
+        check_fits,
         chunk_size,
         conversion_summary,
         metrics,
@@ -234,11 +275,14 @@ def run(args: argparse.Namespace) -> int:
     hw = _hw(args)
     plt = _pyplot(args.plot)
     art = read_artifact(args.artifact)
-    g = _spiking_graph(args.artifact)
+    g = _spiking_graph(art, args.artifact)
+    if args.backend == "numpy":  # the rram backend validates its program itself
+        check_artifact(art, str(args.artifact))
     images = check_images(_images(args, art.meta), g, "--images")
     if args.plot is not None and images.y is None:
         raise BsnncError(f"--plot needs labelled images ({images.name} has no y)")
     T = args.timesteps
+    check_fits(g, T, args.max_memory)
     size = chunk_size(g, T, args.batch, args.max_memory)
     t0 = time.perf_counter()
     with Progress(
@@ -325,6 +369,10 @@ def _nonideal(args: argparse.Namespace) -> NonIdeal:
     return ni
 
 
+def _write_png(f: IO[bytes], buf: io.BytesIO) -> None:
+    f.write(buf.getvalue())
+
+
 def _pyplot(path: Path | None) -> Any:
     """matplotlib's pyplot for ``--plot PATH`` (None without it), checked before simulating:
     PATH's directory must exist and matplotlib must be importable."""
@@ -332,6 +380,7 @@ def _pyplot(path: Path | None) -> Any:
         return None
     if not path.parent.is_dir():
         raise BsnncError(f"--plot {path}: directory {path.parent} does not exist; create it first")
+    check_replaceable(path)
     try:
         import matplotlib
 
@@ -358,12 +407,13 @@ def plot_curve(path: Path, out: dict[str, Any], plt: Any) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
+    buf = io.BytesIO()
     try:
-        fig.savefig(path)
-    except OSError as e:
-        raise BsnncError(f"{path}: cannot write the plot ({e.strerror or e})") from None
+        fig.savefig(buf, format="png")
     finally:
         plt.close(fig)
+    # atomically, with the umask, never replacing a symlink, FIFO or device
+    atomic_write(path, lambda f: _write_png(f, buf))
     err.print(f"wrote {path}")
 
 

@@ -9,7 +9,18 @@ import numpy as np
 from rich.progress import Progress
 from rich.table import Table
 
-from bsnnc.compiler.console import emit_json, err, positive_int, resolve_model, shape_arg
+from bsnnc.compiler.console import (
+    MAX_BATCH,
+    MAX_DIM,
+    MAX_IMAGES,
+    MAX_SEED,
+    emit_json,
+    err,
+    float_in,
+    int_in,
+    resolve_model,
+    shape_arg,
+)
 from bsnnc.ir.graph import Graph
 from bsnnc.runtime.ann import run_ann
 from bsnnc.runtime.datasets import Images, load_images
@@ -31,24 +42,36 @@ def add_parser(sub: Any) -> None:
         "--images", help="image set: digits or a .npz with x [N,C,H,W] (default: random inputs)"
     )
     p.add_argument(
-        "--limit", type=positive_int, help="use the first N images (default: all; 16 random inputs)"
+        "--limit",
+        type=int_in(1, MAX_IMAGES),
+        metavar="N",
+        help=f"use the first N images (1..{MAX_IMAGES:,}; default: all; 16 random inputs)",
     )
     p.add_argument(
-        "--batch", type=positive_int, default=64, help="images per batch (default: %(default)s)"
+        "--batch",
+        type=int_in(1, MAX_BATCH),
+        default=64,
+        metavar="B",
+        help=f"images per batch (1..{MAX_BATCH:,}; default: %(default)s)",
     )
     p.add_argument(
         "--input-shape",
         type=shape_arg,
-        help="per-sample input shape C,H,W for models with dynamic dimensions",
+        help="per-sample input shape C,H,W for models with dynamic dimensions "
+        f"(each 1..{MAX_DIM:,})",
     )
     p.add_argument(
         "--rtol",
-        type=float,
+        type=float_in(0.0),
         default=DEFAULT_RTOL,
-        help="relative error tolerance (default: %(default)s)",
+        help="relative error tolerance (a finite number ≥ 0; default: %(default)s)",
     )
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of the random inputs (default: %(default)s)"
+        "--seed",
+        type=int_in(0, MAX_SEED),
+        default=0,
+        metavar="S",
+        help="seed of the random inputs (0..2^63−1; default: %(default)s)",
     )
     p.add_argument("--json", action="store_true", help="print JSON to stdout")
     p.set_defaults(func=run)

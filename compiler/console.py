@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,16 +54,33 @@ def emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+#: ``--input-shape``: at most this many dimensions, each at most :data:`MAX_DIM`, and at most
+#: :data:`MAX_SAMPLE_ELEMENTS` elements per sample (64 MiB of float32).
+MAX_RANK, MAX_DIM, MAX_SAMPLE_ELEMENTS = 8, 65536, 1 << 24
+
+#: ranges of the count flags: images (``--limit``, ``--calib-limit``), images per batch
+#: (``--batch``), seeds (``--seed``, numpy's generators take any non-negative integer)
+MAX_IMAGES, MAX_BATCH, MAX_SEED = 10**9, 10**6, 2**63 - 1
+
+#: byte multipliers of the size suffixes (:func:`size_in`)
+_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
 def shape_arg(text: str) -> tuple[int, ...]:
-    """Parse ``3,32,32``."""
+    """Parse ``3,32,32`` (or ``3x32x32``): 1 to :data:`MAX_RANK` positive integers, each at most
+    :data:`MAX_DIM`, with at most :data:`MAX_SAMPLE_ELEMENTS` elements in all."""
+    expected = (
+        f"expected 1 to {MAX_RANK} comma-separated positive integers, each from 1 to "
+        f"{MAX_DIM:,}, at most {MAX_SAMPLE_ELEMENTS:,} elements in all"
+    )
     try:
         dims = tuple(int(v) for v in text.replace("x", ",").split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"{expected}, got {text!r}") from None
     if not dims or min(dims) < 1:
-        raise argparse.ArgumentTypeError(f"dimensions must be positive, got {text!r}")
+        raise argparse.ArgumentTypeError(f"dimensions must be positive: {expected}, got {text!r}")
+    if len(dims) > MAX_RANK or max(dims) > MAX_DIM or math.prod(dims) > MAX_SAMPLE_ELEMENTS:
+        raise argparse.ArgumentTypeError(f"{expected}, got {text!r}")
     return dims
 
 
@@ -70,37 +88,93 @@ def percentile_arg(text: str) -> float:
     """An argparse type: a percentile in (0, 100], or ``max`` (= 100)."""
     if text == "max":
         return 100.0
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a percentile or 'max', got {text!r}") from None
-    if not 0 < value <= 100:
-        raise argparse.ArgumentTypeError(f"a percentile must be in (0, 100], got {text!r}")
+    value = _float_or_nan(text)
+    if not 0 < value <= 100:  # NaN and ±inf fail too
+        raise argparse.ArgumentTypeError(
+            f"expected a percentile from 0 (exclusive) to 100, or 'max', got {text!r}"
+        )
     return value
 
 
-def size_arg(text: str) -> int:
-    """An argparse type: a byte count like ``512M``, ``4G`` or ``1000000``."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+def format_size(n: int) -> str:
+    """A byte count in the largest unit that divides it: ``16M``, ``1T``, ``1000``."""
+    for suffix, unit in sorted(_SIZE_UNITS.items(), key=lambda kv: -kv[1]):
+        if n >= unit and n % unit == 0:
+            return f"{n // unit}{suffix}"
+    return str(n)
+
+
+def _parse_size(text: str) -> int | None:
+    """``512M``, ``1.5G``, ``4kb`` or ``1000000`` in bytes; None when it is not a finite size."""
     t = text.strip().upper().removesuffix("B")
     try:
-        value = int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+        if t and t[-1] in _SIZE_UNITS:
+            number = float(t[:-1])
+            return int(number * _SIZE_UNITS[t[-1]]) if math.isfinite(number) else None
+        return int(t)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size like 512M or 4G, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"a size must be positive, got {text!r}")
-    return value
+        return None
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer ≥ 1."""
+def size_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type factory: a byte count like ``512M`` or ``4G`` from ``lo`` to ``hi``."""
+
+    def parse(text: str) -> int:
+        value = _parse_size(text)
+        if value is None or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(
+                f"expected a size like 512M or 4G from {format_size(lo)} to {format_size(hi)}, "
+                f"got {text!r}"
+            )
+        return value
+
+    return parse
+
+
+def int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type factory: an integer from ``lo`` to ``hi`` (both included)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:  # not an integer, or more digits than Python converts
+            value = None
+        if value is None or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer from {lo:,} to {hi:,}, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
+def _float_or_nan(text: str) -> float:
+    """``float(text)``, or NaN when ``text`` is not a number (NaN fails every range check)."""
     try:
-        value = int(text)
+        return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+        return math.nan
+
+
+def float_in(
+    lo: float, hi: float | None = None, *, lo_open: bool = False
+) -> Callable[[str], float]:
+    """An argparse type factory: a finite number from ``lo`` (excluded when ``lo_open``) to
+    ``hi`` (included; None: no upper bound). NaN and ±inf are always refused."""
+    low = f"{lo:g} (exclusive)" if lo_open else f"{lo:g}"
+    if hi is None:
+        expected = f"a finite number {'>' if lo_open else '≥'} {lo:g}"
+    else:
+        expected = f"a number from {low} to {hi:g}"
+
+    def parse(text: str) -> float:
+        value = _float_or_nan(text)
+        above = value > lo if lo_open else value >= lo
+        if not (math.isfinite(value) and above and (hi is None or value <= hi)):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
 def resolve_model(spec: str) -> Path:

@@ -8,7 +8,7 @@ from typing import Any
 
 from bsnnc.backends.rram.hw import PRESETS
 from bsnnc.backends.rram.lower import RramOptions
-from bsnnc.compiler.console import percentile_arg, positive_int
+from bsnnc.compiler.console import MAX_IMAGES, float_in, int_in, percentile_arg
 from bsnnc.compiler.passes import PassOptions
 from bsnnc.ir.errors import DataError
 from bsnnc.ir.graph import Graph
@@ -16,6 +16,9 @@ from bsnnc.runtime.datasets import NAMED, NPZ_FORMAT, Images, load_images
 
 #: the defaults of the command line are the library's: one set
 _PASS, _RRAM = PassOptions(), RramOptions()
+
+#: ``--duplicate F``: F× the arrays at most (the greedy duplication adds one copy at a time)
+MAX_DUPLICATE = 100.0
 
 
 def add_conversion_options(p: Any) -> None:
@@ -32,7 +35,7 @@ def add_conversion_options(p: Any) -> None:
         type=percentile_arg,
         default=_PASS.percentile,
         help="percentile of the calibration statistic that maps to the maximum rate, or 'max' "
-        "(default: %(default)s)",
+        "(0 < P ≤ 100; default: %(default)s)",
     )
     conv.add_argument(
         "--norm",
@@ -55,10 +58,11 @@ def add_conversion_options(p: Any) -> None:
     )
     conv.add_argument(
         "--calib-limit",
-        type=positive_int,
+        type=int_in(1, MAX_IMAGES),
         default=512,
-        help="calibration images to use (default: %(default)s; the paper used 3500 for "
-        "CIFAR-100 and 80 for ImageNet)",
+        metavar="N",
+        help=f"calibration images to use (1..{MAX_IMAGES:,}; default: %(default)s; the paper "
+        "used 3500 for CIFAR-100 and 80 for ImageNet)",
     )
     conv.add_argument(
         "--data-dir", help="directory of cifar/imagenet data (default: $BSNNC_DATA or ./data)"
@@ -82,11 +86,11 @@ def add_hardware_options(p: Any) -> None:
     )
     hw.add_argument(
         "--duplicate",
-        type=float,
+        type=float_in(1.0, MAX_DUPLICATE),
         default=_RRAM.duplicate,
         metavar="F",
         help="spend up to F× the arrays on copies of the bottleneck layers to balance the "
-        "pipeline (default: 1, no copies)",
+        f"pipeline (1..{MAX_DUPLICATE:g}; default: 1, no copies)",
     )
     hw.add_argument(
         "--fp-layers",

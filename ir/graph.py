@@ -120,13 +120,52 @@ class Graph:
 
     def attach_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         """Give every constant without data (inline constants keep theirs) its data from
-        ``weights`` (the verifier checks shape and hash)."""
+        ``weights``. Each array must already have the storage dtype of its kind (f32: float32,
+        bipolar: int8, spike: uint8, i32: int32; either byte order) — nothing is converted, so
+        an int64 or float16 array is refused rather than silently wrapped or rounded —, the
+        declared number of elements, and valid values: f32 finite (no ±inf or NaN), bipolar
+        only ±1, spike only 0/1. A violation is a :class:`VerifyError` naming the constant (the
+        verifier checks shape and hash); a missing name is a ``KeyError``."""
+        import math
+
+        from bsnnc.ir.errors import VerifyError
+
+        invalid = {
+            Kind.F32: "a non-finite value (±inf or NaN)",
+            Kind.BIPOLAR: "a value other than 1 and -1",
+            Kind.SPIKE: "a value other than 0 and 1",
+        }
         for name, c in self.constants.items():
             if c.data is not None:
                 continue
             if name not in weights:
                 raise KeyError(name)
-            c.data = np.ascontiguousarray(weights[name], dtype=STORAGE_DTYPE[c.type.kind])
+            data = np.asarray(weights[name])
+            want = STORAGE_DTYPE[c.type.kind]
+            if data.dtype.newbyteorder("=") != want or data.dtype.hasobject:
+                raise VerifyError(
+                    f"constant @{name}: data is {data.dtype}, a {c.type.kind.value} constant is "
+                    f"stored as {want} (convert the array; values are never converted silently)"
+                )
+            numel = math.prod(int(d or 0) for d in c.type.shape)
+            if c.type.is_static() and data.size != numel:
+                raise VerifyError(
+                    f"constant @{name}: declared {c.type} ({numel:,} elements), but its data has "
+                    f"{data.size:,} elements (shape {list(data.shape)})"
+                )
+            data = np.ascontiguousarray(data, dtype=want)
+            if c.type.kind == Kind.F32:
+                bad = ~np.isfinite(data)
+            elif c.type.kind == Kind.BIPOLAR:
+                bad = (data != 1) & (data != -1)
+            else:
+                bad = data > 1 if c.type.kind == Kind.SPIKE else np.zeros(data.shape, bool)
+            if bad.any():
+                at = [int(i) for i in np.argwhere(bad)[0]] if data.ndim else []
+                value = data[tuple(at)].item()
+                why = invalid[c.type.kind]
+                raise VerifyError(f"constant @{name}: {why}, {value} at index {at}")
+            c.data = data
 
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes)

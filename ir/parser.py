@@ -19,11 +19,20 @@ The literal must hold exactly as many elements as the declared (static) shape, a
 finite values must fit in float32), ``bipolar`` takes ``1``/``-1``, ``spike`` ``0``/``1`` and
 ``i32`` ints in the int32 range. An inline constant comes back with its data and the content
 hash of that data.
+
+Bounds. Before lark sees the text (lark keeps a few hundred bytes per token of a valid prefix,
+and the builder recurses over nested lists), :func:`parse` refuses, at ``source:line:column``
+and naming the limit: more than :data:`MAX_CHARS` characters (8 MiB), more than
+:data:`MAX_LINES` lines (100,000), a line longer than :data:`MAX_LINE_CHARS` (2 MiB: an inline
+constant of 65,536 elements is at most about 1 MiB), more than :data:`MAX_TOKENS` tokens
+(1,000,000; about 215 MB while parsing), or brackets nested deeper than :data:`MAX_DEPTH` (32;
+an inline constant of rank r nests r + 1 deep). Integers (dimensions, attributes) must fit in
+64 bits, dimensions in 0..2^31−1; strings (``loc("…")``, string attributes) take the JSON
+escapes only (:func:`bsnnc.ir.diagnostics.decode_string`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from functools import cache
 from importlib import resources
@@ -32,7 +41,15 @@ import numpy as np
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from bsnnc.ir.diagnostics import expected_terminals, format_diagnostic, syntax_position
+from bsnnc.ir.diagnostics import (
+    TextLimits,
+    TokenReader,
+    check_text_limits,
+    expected_terminals,
+    format_diagnostic,
+    short,
+    syntax_position,
+)
 from bsnnc.ir.errors import IRParseError
 from bsnnc.ir.graph import AttrValue, Constant, Graph, Node, digest_array
 from bsnnc.ir.ops import OPS, AttrSpec, coerce_attr, normalize_attrs
@@ -40,6 +57,21 @@ from bsnnc.ir.types import STORAGE_DTYPE, Dim, Kind, TensorType
 
 #: the largest constant (in elements) that may be written inline in IR text.
 MAX_INLINE_ELEMENTS = 65_536
+#: the most characters IR text may have
+MAX_CHARS = 8 * 2**20
+#: the most lines IR text may have
+MAX_LINES = 100_000
+#: the longest line IR text may have, in characters
+MAX_LINE_CHARS = 2 * 2**20
+#: the most tokens IR text may have
+MAX_TOKENS = 1_000_000
+#: the deepest nesting of brackets (``[``, ``(``, ``{``) IR text may have
+MAX_DEPTH = 32
+#: the largest dimension of a type
+MAX_DIM = 2**31 - 1
+#: the largest magnitude of an integer attribute
+
+LIMITS = TextLimits("IR text", MAX_CHARS, MAX_LINES, MAX_LINE_CHARS, MAX_TOKENS, MAX_DEPTH)
 
 _READABLE = {
     "VALUE_NAME": "a value name like %0",
@@ -98,7 +130,9 @@ def _syntax_error(source: str, text: str, e: UnexpectedInput) -> IRParseError:
 
 def parse(text: str, source: str = "<ir>") -> Graph:
     """Parse IR text. Constants declared with a hash come back without data (see
-    :meth:`Graph.attach_weights`); inline constants come back with theirs."""
+    :meth:`Graph.attach_weights`); inline constants come back with theirs. Text beyond the
+    bounds of the module docstring is refused before it is parsed."""
+    check_text_limits(text, source, LIMITS)
     try:
         tree = _lark().parse(text)
     except UnexpectedInput as e:
@@ -108,15 +142,12 @@ def parse(text: str, source: str = "<ir>") -> Graph:
     return _Builder(source, text).graph(root)
 
 
-class _Builder:
-    def __init__(self, source: str, text: str) -> None:
-        self.source = source
-        self.text = text
-
+class _Builder(TokenReader):
     def err(self, tok: Token | Tree[Token], msg: str) -> IRParseError:
-        line = tok.line if isinstance(tok, Token) else tok.meta.line
-        col = tok.column if isinstance(tok, Token) else tok.meta.column
-        return _error(self.source, self.text, int(line or 1), int(col or 1), msg)
+        """An error at a token or at the start of a tree."""
+        if isinstance(tok, Token):
+            return super().err(tok, msg)
+        return self.err_at(int(tok.meta.line or 1), int(tok.meta.column or 1), msg)
 
     def graph(self, t: Tree[Token]) -> Graph:
         name_tok = t.children[0]
@@ -200,12 +231,12 @@ class _Builder:
             with np.errstate(over="ignore"):
                 overflows = not math.isfinite(float(np.float32(v)))
             if overflows and (tok.type == "INT" or math.isfinite(v)):
-                raise self.err(tok, f"constant {name}: {_short(text)} does not fit in f32")
+                raise self.err(tok, f"constant {name}: {short(text)} does not fit in f32")
             return v
         allowed = {Kind.BIPOLAR: "1 or -1", Kind.SPIKE: "0 or 1", Kind.I32: "an integer"}[kind]
         if tok.type != "INT":
             raise self.err(
-                tok, f"constant {name}: {kind} values must be {allowed}, got {_short(text)}"
+                tok, f"constant {name}: {kind} values must be {allowed}, got {short(text)}"
             )
         v = int(text) if len(text) <= 12 else 2**63  # int() refuses over 4300 digits
         ok = {
@@ -215,7 +246,7 @@ class _Builder:
         }[kind]
         if not ok:
             why = "out of the i32 range" if kind == Kind.I32 else f"must be {allowed}"
-            raise self.err(tok, f"constant {name}: {kind} value {_short(text)} {why}")
+            raise self.err(tok, f"constant {name}: {kind} value {short(text)} {why}")
         return v
 
     def type(self, t: Tree[Token]) -> TensorType:
@@ -225,7 +256,15 @@ class _Builder:
             if d is None:
                 continue
             assert isinstance(d, Tree)
-            dims.append(None if d.data == "dynamic" else int(str(d.children[0])))
+            if d.data == "dynamic":
+                dims.append(None)
+                continue
+            tok = d.children[0]
+            assert isinstance(tok, Token)
+            dim = self.integer(tok, "a dimension")
+            if not 0 <= dim <= MAX_DIM:
+                raise self.err(tok, f"dimension {short(str(tok))} is out of range (0 to {MAX_DIM})")
+            dims.append(dim)
         return TensorType(Kind(str(kind)), tuple(dims))
 
     def node(self, t: Tree[Token]) -> Node:
@@ -239,7 +278,9 @@ class _Builder:
         attrs = self.attrs(op.name, attrs_tree) if isinstance(attrs_tree, Tree) else {}
         loc = None
         if isinstance(loc_tree, Tree):
-            loc = json.loads(str(loc_tree.children[0]))
+            tok = loc_tree.children[0]
+            assert isinstance(tok, Token)
+            loc = self.string(tok)
         assert isinstance(ty_tree, Tree)
         node = Node(op.name, str(result)[1:], self.type(ty_tree), operands, attrs, loc)
         node.attrs = normalize_attrs(op, attrs)
@@ -277,12 +318,17 @@ class _Builder:
             return tuple(items)  # type: ignore[return-value]  # mixed: check_attr rejects it
         if kind in ("true", "false"):
             return kind == "true"
-        tok = str(t.children[0])
+        tok = t.children[0]
+        assert isinstance(tok, Token)
         if kind == "int":
-            return int(tok)
+            return self.integer(tok, "an integer attribute")
         if kind == "float":
-            return float(tok)
-        return str(json.loads(tok))
+            return float(str(tok))
+        return self.string(tok)
+
+    def integer(self, tok: Token, what: str) -> int:
+        """An INT token as an int; its magnitude must be at most :data:`MAX_INT`."""
+        return self.int64(tok, str(tok), what)
 
     def check_attr(self, tok: Token, op: str, key: str, spec: AttrSpec, v: AttrValue) -> None:
         ok = {
@@ -305,8 +351,3 @@ class _Builder:
 def _items(t: Tree[Token]) -> list[Token | Tree[Token]]:
     """The elements of one ``[...]`` literal (an empty list has none)."""
     return [x for x in t.children if x is not None]
-
-
-def _short(text: str, limit: int = 24) -> str:
-    """``text``, cut to ``limit`` characters for an error message."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"

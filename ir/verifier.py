@@ -4,13 +4,19 @@ Checks, in order: the graph has at least one ``input`` and one output; names are
 every op is in the op table with the right operand slots (``%`` values vs ``@`` constants);
 attributes match their schema; every operand is defined *above* its use (so the node order is
 a topological order and the graph is acyclic); each node's declared type equals the type its
-op infers; constants' data (when loaded) match their declared type and content hash.
+op infers; constants' data (when loaded) match their declared type and content hash; every
+``if`` neuron's threshold θ (its ``theta`` attribute times its per-channel constant, when that
+is loaded) is finite and > 0 — a NaN or infinite θ would silently never (or always) fire.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from bsnnc.ir.errors import VerifyError
-from bsnnc.ir.graph import Constant, Graph, Node, digest_array
+from bsnnc.ir.graph import Constant, Graph, Node, channel_param, digest_array
 from bsnnc.ir.ops import OPS, OpDef, is_binary_layer, normalize_attrs
 from bsnnc.ir.types import STORAGE_DTYPE, Kind, TensorType
 
@@ -70,7 +76,29 @@ def _verify_node(g: Graph, n: Node, defined: dict[str, TensorType]) -> TensorTyp
         raise VerifyError(f"{n.where()}: {e.message}") from None
     if inferred != n.type:
         raise VerifyError(f"{n.where()}: declared type {n.type}, but the op infers {inferred}")
+    if n.op == "if":
+        _verify_threshold(g, n)
     return n.type
+
+
+def _verify_threshold(g: Graph, n: Node) -> None:
+    """θ of an ``if`` node is finite and > 0 on every channel (the constant part is checked
+    when its data is loaded)."""
+    theta = n.attrs.get("theta")
+    if not isinstance(theta, int | float) or not math.isfinite(theta) or theta <= 0:
+        raise VerifyError(f"{n.where()}: if threshold must be finite and > 0, got {theta}")
+    consts = n.const_operands()
+    if not consts or g.constants[consts[0]].data is None:
+        return
+    with np.errstate(all="ignore"):
+        values = np.asarray(channel_param(g, n, "theta"), np.float64)
+    bad = ~(np.isfinite(values) & (values > 0))
+    if bad.any():
+        i = int(np.argmax(bad.reshape(-1)))
+        raise VerifyError(
+            f"{n.where()}: if threshold must be finite and > 0 on every channel, but "
+            f"θ[{i}] = {values.reshape(-1)[i]} (theta × @{consts[0]})"
+        )
 
 
 def _verify_attrs(n: Node, op: OpDef) -> None:

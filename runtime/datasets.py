@@ -26,6 +26,7 @@ import io
 import os
 import pickle
 import tarfile
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -141,14 +142,34 @@ def _load_npz(path: Path, name: str) -> Images:
             raw = z["x"]
             _check_float(path, raw.dtype)
             x = np.ascontiguousarray(raw, dtype=np.float32)
-            y = np.asarray(z["y"]).astype(np.int64) if "y" in z.files else None
-    except (OSError, ValueError) as e:
+            y = _labels(path, np.asarray(z["y"])) if "y" in z.files else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: not a readable .npz file ({e})") from None
     if x.ndim != 4:
         raise DataError(f"{path}: x must be [N,C,H,W], got shape {list(x.shape)}")
+    if x.shape[0] == 0 or 0 in x.shape:
+        raise DataError(f"{path}: x holds no images (shape {list(x.shape)})")
+    bad = int(np.count_nonzero(~np.isfinite(x)))
+    if bad:
+        raise DataError(f"{path}: x has {bad} non-finite value(s) (NaN or ±inf)")
     if y is not None and y.shape != (x.shape[0],):
         raise DataError(f"{path}: y must have shape [{x.shape[0]}], got {list(y.shape)}")
     return Images(name, x, y)
+
+
+def _labels(path: Path, y: np.ndarray) -> np.ndarray:
+    """Class labels as int64: integers, or floats that are all whole numbers; never negative."""
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise DataError(
+                f"{path}: y must hold integer class labels (found NaN, ±inf or fractions)"
+            )
+    elif y.dtype.kind not in "iu":
+        raise DataError(f"{path}: y must hold integer class labels, got {y.dtype}")
+    labels = y.astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise DataError(f"{path}: y has negative class labels (min {labels.min()})")
+    return labels
 
 
 def _check_float(path: Path, dtype: np.dtype[Any]) -> None:
@@ -193,6 +214,21 @@ def _unpickle(data: bytes, where: str) -> dict[bytes, Any]:
     return obj
 
 
+#: the largest CIFAR batch file is CIFAR-100's train (~155 MB)
+MAX_CIFAR_MEMBER = 256 << 20
+#: the largest image (pixels) read from an ImageFolder; ImageNet's largest are ~ 10⁷
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+def _check_member_size(where: str, size: int) -> None:
+    """Refuse a CIFAR batch file larger than any real one, before reading it."""
+    if size > MAX_CIFAR_MEMBER:
+        raise DataError(
+            f"{where}: {size:,} bytes is larger than any CIFAR batch (limit "
+            f"{MAX_CIFAR_MEMBER:,}); the archive is not the CIFAR python version"
+        )
+
+
 def _cifar_members(name: str, split: str, root: Path) -> Iterator[tuple[str, bytes]]:
     spec = CIFAR[name]
     members = spec["train" if split == "train" else "test"]
@@ -202,15 +238,18 @@ def _cifar_members(name: str, split: str, root: Path) -> Iterator[tuple[str, byt
             f = folder / m
             if not f.is_file():
                 raise DataError(f"{name}: {f} is missing (re-extract {spec['archive']})")
+            _check_member_size(str(f), f.stat().st_size)
             yield str(f), f.read_bytes()
     elif archive.is_file():
         try:
             with tarfile.open(archive, "r:gz") as tar:
                 for m in members:
-                    member = tar.extractfile(f"{spec['folder']}/{m}")
+                    info = tar.getmember(f"{spec['folder']}/{m}")
+                    _check_member_size(f"{archive}[{m}]", info.size)
+                    member = tar.extractfile(info)
                     if member is None:
                         raise KeyError(m)
-                    yield f"{archive}[{m}]", member.read()
+                    yield f"{archive}[{m}]", member.read(MAX_CIFAR_MEMBER + 1)
         except (tarfile.TarError, KeyError, OSError, EOFError) as e:
             raise DataError(f"{archive}: unreadable or incomplete archive ({e})") from None
     else:
@@ -271,11 +310,19 @@ def _load_imagenet(root: Path, split: str, limit: int | None) -> Images:
     split = "val" if split == "test" else split
     files, _ = _imagenet_files(root, split, limit)
     x = np.empty((len(files), 3, 224, 224), np.float32)
+    if not files:
+        raise DataError(f"{root / 'imagenet' / split}: the class folders hold no images")
     for i, (path, _label) in enumerate(files):
         try:
             with Image.open(path) as im:
+                w, h = im.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise DataError(
+                        f"{path}: {w}×{h} pixels is more than {MAX_IMAGE_PIXELS:,}: not a "
+                        "photo this loader decodes (a decompression bomb?)"
+                    )
                 x[i] = _preprocess(im.convert("RGB"))
-        except OSError as e:
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise DataError(f"{path}: unreadable image ({e})") from None
     y = np.array([label for _, label in files], np.int64)
     return Images(f"imagenet:{split}", _normalize(x, IMAGENET_MEAN, IMAGENET_STD), y)

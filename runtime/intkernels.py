@@ -75,8 +75,10 @@ class SpikeDense:
 class BlockedSpikeMatMul:
     """One crossbar layer in one session: the input rows [M, K] (uint8 spikes) are split into
     the row blocks ``bounds`` (one per array row range); each block is a product with its
-    weights [K_b, N] — exact uint8 × int8 → int32 for ±1 weights, float32 for perturbed
-    conductances — optionally clipped to ±``clip`` (an ADC's range), and the partial sums are
+    weights [K_b, N] — exact uint8 × int8 → int32 for ±1 weights; float64 for perturbed
+    conductances, which lie on a dyadic grid (multiples of 2^-F), so that every sum is exact
+    in float64 whatever the summation order, batch size or CPU — optionally clipped to
+    ±``clip`` (an ADC's range), and the partial sums are
     added (the digital adder). A second output counts, per input row and block, the driven
     rows (the product with a 0/1 block-indicator matrix)."""
 
@@ -84,16 +86,18 @@ class BlockedSpikeMatMul:
         self, w: np.ndarray, bounds: list[tuple[int, int]], clip: int | None = None
     ) -> None:
         exact = w.dtype == np.int8
+        if not exact and w.dtype != np.float64:
+            raise TypeError("perturbed conductances must be float64 on a dyadic grid")
         sizes = [r1 - r0 for r0, r1 in bounds]
         assert sum(sizes) == w.shape[0] and bounds[0][0] == 0
         src = "x" if exact else "xf"
-        nodes = [] if exact else [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT)]
+        nodes = [] if exact else [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.DOUBLE)]
         inits = [numpy_helper.from_array(np.array(sizes, np.int64), "sizes")]
         parts = [f"x{i}" for i in range(len(bounds))] if len(bounds) > 1 else [src]
         if len(bounds) > 1:
             nodes.append(helper.make_node("Split", [src, "sizes"], parts, axis=1))
         if clip is not None:
-            dtype = np.int32 if exact else np.float32
+            dtype = np.int32 if exact else np.float64
             inits += [
                 numpy_helper.from_array(np.array(v, dtype), n)
                 for n, v in (("lo", -clip), ("hi", clip))
@@ -117,7 +121,7 @@ class BlockedSpikeMatMul:
             ind[r0:r1, i] = 1
         inits.append(numpy_helper.from_array(ind, "ind"))
         nodes.append(helper.make_node("MatMulInteger", ["x", "ind"], ["counts"]))
-        y_type = TensorProto.INT32 if exact else TensorProto.FLOAT
+        y_type = TensorProto.INT32 if exact else TensorProto.DOUBLE
         self.sess = _session(nodes, inits, [("y", y_type), ("counts", TensorProto.INT32)])
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

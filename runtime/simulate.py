@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Graph
 from bsnnc.ir.ops import layer_ops
 from bsnnc.runtime.ann import run_ann
@@ -54,6 +55,17 @@ def bytes_per_image(g: Graph, T: int) -> int:
     plus the float64 membrane of the largest IF layer."""
     sizes = sorted((n.type.numel_per_sample() for n in g.nodes), reverse=True)
     return int(T * 4 * (sizes[0] + (sizes[1] if len(sizes) > 1 else 0)) * 2 + 8 * sizes[0])
+
+
+def check_fits(g: Graph, T: int, max_memory: int) -> None:
+    """Refuse a run whose single image needs more than ``max_memory`` bytes (by
+    :func:`bytes_per_image`): images are chunked, timesteps are not (yet)."""
+    need = bytes_per_image(g, T)
+    if need > max_memory:
+        raise BsnncError(
+            f"one image at T={T} needs about {need / 2**20:,.0f} MiB, more than --max-memory "
+            f"({max_memory / 2**20:,.0f} MiB): raise --max-memory or lower -T"
+        )
 
 
 def chunk_size(g: Graph, T: int, batch: int, max_memory: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -41,4 +42,32 @@ def fails(argv: Sequence[object], capsys: pytest.CaptureFixture[str], *fragments
     assert not out.strip(), f"nothing belongs on stdout on error, got:\n{out}"
     for f in fragments:
         assert flat(f) in flat(err), f"{f!r} not in the message:\n{err}"
+    return err
+
+
+def compile_fails(
+    model: Path | str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    *fragments: str,
+    extra: Sequence[str] = (),
+) -> str:
+    """``compile MODEL -o OUT`` must fail cleanly and leave nothing in OUT's directory."""
+    outdir = tmp_path / "out"
+    outdir.mkdir(exist_ok=True)
+    out = outdir / "model.tiles"
+    err = fails(["compile", model, "-o", out, *extra], capsys, *fragments)
+    assert not out.exists()
+    assert list(outdir.iterdir()) == [], "temporary files left behind"
+    return err
+
+
+def usage_fails(
+    argv: Sequence[object], capsys: pytest.CaptureFixture[str], cwd: Path, *fragments: str
+) -> str:
+    """A usage error: :func:`fails`, with argparse's usage line, and nothing written into
+    ``cwd`` (the test's working directory)."""
+    err = fails(argv, capsys, *fragments)
+    assert "usage: bsnnc" in err
+    assert list(cwd.iterdir()) == []
     return err

@@ -34,6 +34,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="also run the tests marked 'retrain' (retrain the digits model: ~1.5 min, torch)",
     )
+    parser.addoption(
+        "--mutations",
+        type=int,
+        default=None,
+        metavar="N",
+        help="mutated texts per grammar in tests/test_mutation.py (default: a few hundred)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

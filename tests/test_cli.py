@@ -912,7 +912,7 @@ def test_simulate_is_independent_of_chunking(
     runs = [
         simulate(digits_tiles, capsys, "--batch", 7),
         simulate(digits_tiles, capsys, "--batch", 64),
-        simulate(digits_tiles, capsys, "--max-memory", "1K"),  # one image per chunk
+        simulate(digits_tiles, capsys, "--batch", 1),  # one image per chunk (--max-memory ≥ 16M)
     ]
     for r in runs[1:]:
         assert r["spike_digest"] == runs[0]["spike_digest"]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bsnnc.ir.errors import DataError
+from bsnnc.runtime import datasets
 from bsnnc.runtime.datasets import CIFAR, load_images
 
 
@@ -137,3 +138,59 @@ def test_npz_and_digits() -> None:
 def test_unknown_name() -> None:
     with pytest.raises(DataError, match="digits, cifar10, cifar100, imagenet"):
         load_images("mnist")
+
+
+@pytest.mark.parametrize("archive", [True, False])
+def test_cifar_member_larger_than_any_real_batch_is_refused_before_reading(
+    archive: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The size a tar header (or the file system) declares is checked before a byte of the
+    member is read (the real limit is 256 MiB; lowered here to keep the test small)."""
+    write_cifar(tmp_path, "cifar10", archive=archive)
+    monkeypatch.setattr(datasets, "MAX_CIFAR_MEMBER", 1000)
+    with pytest.raises(DataError, match="larger than any CIFAR batch"):
+        load_images("cifar10", split="test", root=tmp_path)
+
+
+def test_huge_image_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pil = pytest.importorskip("PIL.Image")
+    d = tmp_path / "imagenet" / "val" / "n0"
+    d.mkdir(parents=True)
+    pil.new("RGB", (40, 30)).save(d / "a.png")
+    monkeypatch.setattr(datasets, "MAX_IMAGE_PIXELS", 40 * 30 - 1)
+    with pytest.raises(DataError, match="40×30 pixels"):
+        load_images("imagenet", root=tmp_path)
+
+
+def test_empty_imagenet_class_folders(tmp_path: Path) -> None:
+    (tmp_path / "imagenet" / "val" / "n0").mkdir(parents=True)
+    with pytest.raises(DataError, match="hold no images"):
+        load_images("imagenet", root=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "fragment"),
+    [
+        (np.zeros((0, 1, 8, 8), np.float32), None, "holds no images"),
+        (np.full((2, 1, 8, 8), np.nan, np.float32), None, "non-finite"),
+        (np.zeros((2, 1, 8, 8), np.float32), np.array([0.0, np.nan]), "integer class labels"),
+        (np.zeros((2, 1, 8, 8), np.float32), np.array([0.5, 1.0]), "integer class labels"),
+        (np.zeros((2, 1, 8, 8), np.float32), np.array([0, -1]), "negative class labels"),
+        (np.zeros((2, 1, 8, 8), np.float32), np.array(["a", "b"]), "integer class labels"),
+    ],
+)
+def test_bad_npz_image_sets(
+    x: np.ndarray, y: np.ndarray | None, fragment: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez(path, x=x, **({} if y is None else {"y": y}))
+    with pytest.raises(DataError, match=fragment):
+        load_images(str(path))
+
+
+def test_whole_float_labels_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "ok.npz"
+    np.savez(path, x=np.zeros((2, 1, 8, 8), np.float32), y=np.array([3.0, 1.0]))
+    assert load_images(str(path)).y.tolist() == [3, 1]  # type: ignore[union-attr]

@@ -8,13 +8,13 @@ import importlib.util
 import io
 import json
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from clirun import cli, fails, flat, ok
+from clirun import cli, compile_fails, fails, flat, ok, usage_fails
 from onnx import TensorProto, helper
 from zoo import ZOO, Net
 
@@ -25,23 +25,6 @@ from bsnnc.ir.ops import OPS
 from bsnnc.runtime.artifact import FORMAT_VERSION, MANIFEST, read_artifact
 
 SaveModel = Callable[[onnx.ModelProto, str], Path]
-
-
-def compile_fails(
-    model: Path | str,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    *fragments: str,
-    extra: Sequence[str] = (),
-) -> str:
-    """``compile MODEL -o OUT`` must fail cleanly and leave nothing in OUT's directory."""
-    outdir = tmp_path / "out"
-    outdir.mkdir(exist_ok=True)
-    out = outdir / "model.tiles"
-    err = fails(["compile", model, "-o", out, *extra], capsys, *fragments)
-    assert not out.exists()
-    assert list(outdir.iterdir()) == [], "temporary files left behind"
-    return err
 
 
 def node_named(model: onnx.ModelProto, op_type: str) -> str:
@@ -412,9 +395,7 @@ def test_usage_errors(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    err = fails(argv, capsys, fragment)
-    assert "usage: bsnnc" in err
-    assert list(tmp_path.iterdir()) == []
+    usage_fails(argv, capsys, tmp_path, fragment)
 
 
 # ---------------------------------------------------------------- IR text through opt

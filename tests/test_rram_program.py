@@ -16,7 +16,15 @@ from zoo import ZOO
 from bsnnc.backends.rram.emit import check_program, emit_program, integer_thresholds
 from bsnnc.backends.rram.hw import load_hw
 from bsnnc.backends.rram.mapping import partition
-from bsnnc.backends.rram.program import Tok, parse_program, print_program
+from bsnnc.backends.rram.program import (
+    BlockDecl,
+    Instruction,
+    NeuronDecl,
+    SendStmt,
+    Tok,
+    parse_program,
+    print_program,
+)
 from bsnnc.compiler.cli import main
 from bsnnc.compiler.frontend.importer import import_onnx
 from bsnnc.compiler.passes import PassOptions, run_pipeline
@@ -209,3 +217,27 @@ def test_program_must_agree_with_the_graph(
     assert main(args) == 2
     err = capsys.readouterr().err
     assert f"{bad}[program.txt]:" in err and message in err and "Traceback" not in err
+
+
+def test_typed_views_of_the_statements(zoo_data: Path) -> None:
+    """Blocks, neurons, sends and instructions read as typed records that agree with the
+    mapping they were emitted from (no positional ``args[5]`` anywhere else)."""
+    g = converted(zoo_data, "vgg_small")
+    m = partition(g, load_hw("rram-128"))
+    program, arrays = emit_program(g, m)
+    blocks = [BlockDecl.of(s) for s in program.decls if s.op == "block"]
+    assert [(b.layer, b.array, b.rows, b.cols, b.at, b.copy) for b in blocks] == [
+        (b.layer, b.array, (b.r0, b.r1), (b.c0, b.c1), (b.row_offset, b.col_offset), b.copy)
+        for b in m.blocks
+    ]
+    neurons = [NeuronDecl.of(s) for s in program.decls if s.op == "neuron"]
+    assert {d.layer for d in neurons} == {n.result for n in g.nodes if n.op == "if"}
+    for d in neurons:
+        assert d.reset == "subtract" and d.unit < 0
+        assert (d.theta is None) == (d.theta_array is not None)
+        if d.theta_array is not None:
+            assert arrays[d.theta_array].dtype.kind == "i"
+    sends = [SendStmt.of(s) for s in program.body if s.op == "send"]
+    assert sends and all(s.hops >= 0 for s in sends)
+    mvms = [Instruction.of(s) for s in program.body if s.op == "mvm"]
+    assert all(i.arrays and i.operands for i in mvms)

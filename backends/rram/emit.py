@@ -237,12 +237,24 @@ def _matches(form: tuple[str, ...], args: list[object]) -> bool:
     return len(args) == len(form) and all(_fits(w, a) for w, a in zip(form, args, strict=True))
 
 
+#: the largest array index, tile, row, column or offset a program may name
+MAX_GEOMETRY = 2**20
+#: the largest number of NoC hops of a ``send``
+MAX_HOPS = 10**6
+#: the exponents of 2 a threshold's ``unit`` may take (2^unit is a finite, nonzero float64)
+UNIT_RANGE = (-1074, 1023)
+#: integer thresholds Θ are exact in float64 up to this
+MAX_THETA = 2**53
+
+
 def check_program(p: Program, source: str = "<program>") -> None:
-    """Semantic checks: every statement's arguments follow its form, arrays are declared,
-    values are defined before use, the ``once`` block holds no stateful instruction, the loop
-    ends with a barrier."""
+    """Semantic checks: every statement's arguments follow its form and keep their ranges
+    (:func:`_check_numbers`), arrays are declared once and before use, a layer's neuron is
+    declared once, values are defined before use, the ``once`` block holds no stateful
+    instruction, the loop ends with a barrier."""
     arrays: set[str] = set()
     defined: set[str] = set()
+    neurons: set[str] = set()
 
     def fail(s: Stmt, msg: str) -> BsnncError:
         at = f"{s.pos[0]}:{s.pos[1]}: " if s.pos else ""
@@ -252,11 +264,18 @@ def check_program(p: Program, source: str = "<program>") -> None:
         if not any(_matches(f, list(s.args)) for f in _FORMS[s.op]):
             form = " ".join(w.lstrip("=") for w in _FORMS[s.op][0])
             raise fail(s, f"malformed arguments; expected: {s.op} {form}")
+        _check_numbers(s, fail)
     for s in p.decls:
         if s.op == "input":
             defined.add(str(s.args[0]))
         elif s.op == "array":
+            if str(s.args[0]) in arrays:
+                raise fail(s, f"array {s.args[0]} is declared twice")
             arrays.add(str(s.args[0]))
+        elif s.op == "neuron":
+            if str(s.args[0]) in neurons:
+                raise fail(s, f"the neuron of {s.args[0]} is declared twice")
+            neurons.add(str(s.args[0]))
         elif s.op == "block" and str(s.args[1]) not in arrays:
             raise fail(s, f"array {s.args[1]} is not declared")
         elif s.op not in ("array", "block", "neuron"):
@@ -271,6 +290,46 @@ def check_program(p: Program, source: str = "<program>") -> None:
             _check_instruction(s, arrays, producer, here, fail)
     if not p.body or p.body[-1].op != "barrier":
         raise BsnncError(f"{source}: the timestep loop must end with a barrier")
+
+
+def _in(value: int, lo: int, hi: int) -> bool:
+    return lo <= value <= hi
+
+
+def _check_numbers(s: Stmt, fail: Callable[[Stmt, str], BsnncError]) -> None:
+    """The numbers of a well-formed statement are in range: array indices, tiles, offsets and
+    copies 0..2^20; array rows and columns 1..2^20; block rows and columns increasing ranges
+    ``lo:hi`` with lo < hi ≤ 2^20; ``unit`` in -1074..1023; an integer θ in 1..2^53, a float
+    θ finite and > 0; ``hops`` in 0..10^6."""
+    g = MAX_GEOMETRY
+    for t in s.args:
+        if isinstance(t, Tok) and t.kind == "array" and not _in(int(t.text[1:]), 0, g):
+            raise fail(s, f"array index {t.text[:12]} is out of range (a0 to a{g})")
+    a = s.args
+    if s.op == "array":
+        for i, what, lo in ((2, "tile", 0), (4, "rows", 1), (6, "cols", 1)):
+            if not _in(int(str(a[i])), lo, g):
+                raise fail(s, f"{what} {a[i]} is out of range ({lo} to {g})")
+    elif s.op == "block":
+        for i, what in ((3, "rows"), (5, "cols")):
+            lo, hi = (int(x) for x in str(a[i]).split(":"))
+            if not lo < hi <= g:
+                raise fail(s, f"{what} {a[i]}: a range lo:hi needs 0 ≤ lo < hi ≤ {g}")
+        r, c = (int(x) for x in str(a[7]).split(":"))
+        if not (_in(r, 0, g) and _in(c, 0, g)):
+            raise fail(s, f"offset at {a[7]} is out of range (0 to {g})")
+        if len(a) > 9 and not _in(int(str(a[9])), 0, g):
+            raise fail(s, f"copy {a[9]} is out of range (0 to {g})")
+    elif s.op == "neuron":
+        theta = a[2]
+        if isinstance(theta, int) and not _in(theta, 1, MAX_THETA):
+            raise fail(s, f"theta {theta} is out of range (1 to 2^53)")
+        if isinstance(theta, float) and not (math.isfinite(theta) and theta > 0):
+            raise fail(s, f"theta {theta} must be finite and > 0")
+        if str(a[3]) == "unit" and not _in(int(str(a[4])), *UNIT_RANGE):
+            raise fail(s, f"unit {a[4]} is out of range ({UNIT_RANGE[0]} to {UNIT_RANGE[1]})")
+    elif s.op == "send" and not _in(int(str(a[2])), 0, MAX_HOPS):
+        raise fail(s, f"hops {a[2]} is out of range (0 to {MAX_HOPS:,})")
 
 
 def _check_instruction(

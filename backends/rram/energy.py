@@ -92,6 +92,10 @@ def _check(table: dict[str, Any], where: str) -> None:
         raise BsnncError(f"{where}: packet_bits must be a positive integer, got {bits!r}")
 
 
+#: an energy table is a small JSON document
+MAX_TABLE_BYTES = 1 << 20
+
+
 def _read_table(spec: str, origin: str) -> tuple[str, str]:
     """The JSON text of a shipped set or a file, and how to name it in errors."""
     if spec in ENERGY_SETS:
@@ -104,7 +108,12 @@ def _read_table(spec: str, origin: str) -> tuple[str, str]:
     p = Path(spec)
     if not p.is_file():
         raise BsnncError(f"{origin} {spec}: no such file or set (sets: {', '.join(ENERGY_SETS)})")
-    return p.read_text(encoding="utf-8"), str(p)
+    if p.stat().st_size > MAX_TABLE_BYTES:
+        raise BsnncError(f"{origin} {p}: {p.stat().st_size:,} bytes is not an energy table")
+    try:
+        return p.read_text(encoding="utf-8"), str(p)
+    except UnicodeDecodeError as e:
+        raise BsnncError(f"{origin} {p}: not a UTF-8 JSON energy table ({e})") from None
 
 
 def _adc(value: Any, bits: int) -> float | None:

@@ -21,12 +21,19 @@ import numpy as np
 
 from bsnnc.backends.rram.emit import emit_program
 from bsnnc.backends.rram.hw import DEFAULT, load_hw
-from bsnnc.backends.rram.mapping import partition
+from bsnnc.backends.rram.mapping import block_count, partition
 from bsnnc.backends.rram.placement import place
 from bsnnc.backends.rram.program import print_program
 from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Graph
 from bsnnc.ir.verifier import verify_spiking
+
+#: the most crossbar blocks a mapping may have, counted with 2 rows per input (the BNN
+#: comparison) and copies: VGG-15 for ImageNet on 128×128 arrays needs 16,364 with bit-sliced
+#: first/last layers. The mapping, placement and simulator's event counters grow with the block
+#: count (1×1 arrays on the digits model: 176k blocks took 247 s and 7.9 GB), so more is
+#: refused before any block is made.
+MAX_BLOCKS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,13 @@ def lower_to_tiles(g: Graph, options: RramOptions | None = None) -> TileLowering
     hw = load_hw(opts.hw)
     if not (math.isfinite(opts.duplicate) and opts.duplicate >= 1):
         raise BsnncError(f"--duplicate must be a finite number ≥ 1, got {opts.duplicate}")
+    blocks = block_count(g, hw, opts.fp_layers, max(hw.rows_per_input, 2))
+    if blocks * opts.duplicate > MAX_BLOCKS:
+        raise BsnncError(
+            f"--hw {opts.hw}: {hw.rows}×{hw.columns} arrays cut this network into {blocks:,} "
+            f"blocks (× {opts.duplicate:g} copies); the limit is {MAX_BLOCKS:,}: use larger "
+            "arrays"
+        )
     m = partition(
         g, hw, pack_layers=opts.pack, fp_layers=opts.fp_layers, duplicate_factor=opts.duplicate
     )

@@ -153,6 +153,22 @@ def layer_map(
     return lm, blocks
 
 
+def block_count(g: Graph, hw: HwConfig, fp_layers: str, rho: int) -> int:
+    """How many blocks :func:`partition` would cut ``g`` into (before packing or copies),
+    computed without making them: Σ_l ⌈ρ_l·K_l / R⌉ · ⌈b_l·N_l / C⌉ over the layers on arrays."""
+    total = 0
+    for n in g.nodes:
+        if not has_trait(n.op, Trait.WEIGHTED):
+            continue
+        k, nn = _matrix(g, n)
+        binary = is_binary_layer(g, n)
+        if not binary and fp_layers == "digital":
+            continue
+        rows, cols = (rho * k, nn) if binary else (k, FP_BITS * nn)
+        total += math.ceil(rows / hw.rows) * math.ceil(cols / hw.columns)
+    return total
+
+
 def accumulator_bits(k: int, in_bits: int, w_bits: int) -> int:
     """Signed width of a sum of ``k`` products of ``in_bits``-bit unsigned inputs and
     ``w_bits``-bit signed weights: |Σ| ≤ k·(2^in − 1)·2^(w−1), plus a sign bit. Binary

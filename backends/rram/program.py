@@ -28,11 +28,19 @@ once per image and their results are held for all timesteps, as the numpy refere
 
 Bit-packed ±1 weights (1 = +1) per binary layer and integer thresholds live beside the text
 in ``program.npz``. The text prints deterministically and ``print(parse(text)) == text``.
+
+Bounds: :func:`parse_program` refuses, before lark sees it, a text of more than 16 MiB, more
+than 1,000,000 lines, a line longer than 1 MiB, more than 2,000,000 tokens (about 400 MB
+while parsing) or brackets nested deeper than 8 (:data:`LIMITS`); every integer must fit in
+64 bits and every float be finite; strings take the JSON escapes only. The ranges each
+statement's numbers must keep are checked by :func:`bsnnc.backends.rram.emit.check_program`,
+the agreement with the graph by :func:`bsnnc.backends.rram.validate.validate_program`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -40,10 +48,21 @@ from importlib import resources
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedInput
 
-from bsnnc.ir.diagnostics import expected_terminals, format_diagnostic, syntax_position
+from bsnnc.ir.diagnostics import (
+    TextLimits,
+    TokenReader,
+    check_text_limits,
+    expected_terminals,
+    format_diagnostic,
+    short,
+    syntax_position,
+)
 from bsnnc.ir.errors import IRParseError
 
 HEADER = "// bsnnc tile program v1"
+#: what :func:`parse_program` accepts (see the module docstring)
+LIMITS = TextLimits("a tile program", 16 * 2**20, 1_000_000, 2**20, 2_000_000, 8)
+#: the largest magnitude of an integer argument
 Arg = str | int | float
 
 
@@ -89,6 +108,101 @@ class Program:
     once: list[Stmt] = field(default_factory=list)
 
 
+def _value(a: Arg | Tok) -> str:
+    """``%2`` → ``2``."""
+    return str(a)[1:]
+
+
+def _range(a: Arg | Tok) -> tuple[int, int]:
+    """``0:128`` → (0, 128)."""
+    lo, hi = str(a).split(":")
+    return int(lo), int(hi)
+
+
+def _int(a: Arg | Tok) -> int:
+    if isinstance(a, bool) or not isinstance(a, int):
+        raise TypeError(f"expected an integer argument, got {a!r}")
+    return a
+
+
+@dataclass(frozen=True)
+class BlockDecl:
+    """``block %L aA rows r0:r1 cols c0:c1 at R:C [copy K]``: rows r0..r1 and columns c0..c1
+    of layer L's K × N matrix sit on array A at offset (R, C), in copy K of the layer."""
+
+    layer: str
+    array: int
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+    at: tuple[int, int]
+    copy: int
+
+    @staticmethod
+    def of(s: Stmt) -> BlockDecl:
+        """The typed view of a checked ``block`` statement."""
+        a = s.args
+        copy = _int(a[9]) if len(a) > 9 else 0
+        return BlockDecl(
+            _value(a[0]), int(str(a[1])[1:]), _range(a[3]), _range(a[5]), _range(a[7]), copy
+        )
+
+
+@dataclass(frozen=True)
+class NeuronDecl:
+    """``neuron %L theta T|@%L.theta [unit U] reset R``: θ = T·2^U (a number, or the per-channel
+    integers of array ``theta_array`` in program.npz)."""
+
+    layer: str
+    theta: float | None
+    theta_array: str | None
+    unit: int
+    reset: str
+
+    @staticmethod
+    def of(s: Stmt) -> NeuronDecl:
+        """The typed view of a checked ``neuron`` statement."""
+        a = s.args
+        raw = a[2]
+        array = "%" + str(raw)[1:] if isinstance(raw, Tok) else None
+        theta = None if isinstance(raw, Tok) else float(raw)
+        unit = _int(a[4]) if str(a[3]) == "unit" else 0
+        return NeuronDecl(_value(a[0]), theta, array, unit, str(a[-1]))
+
+
+@dataclass(frozen=True)
+class SendStmt:
+    """``send %L hops H``: layer L's spike packets travel H hops to its consumers' tiles."""
+
+    layer: str
+    hops: int
+
+    @staticmethod
+    def of(s: Stmt) -> SendStmt:
+        """The typed view of a checked ``send`` statement."""
+        return SendStmt(_value(s.args[0]), _int(s.args[2]))
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """``mvm|fire|readout|digital|add %R …``: the value it computes (or, for ``add``, the
+    layer whose partial sums it adds), its value operands and the arrays it reads."""
+
+    op: str
+    result: str
+    operands: tuple[str, ...]
+    arrays: tuple[str, ...]
+    #: the IR op of a ``digital`` instruction
+    ir_op: str | None = None
+
+    @staticmethod
+    def of(s: Stmt) -> Instruction:
+        """The typed view of a checked instruction."""
+        values = [_value(a) for a in s.args if isinstance(a, Tok) and a.kind == "value"]
+        arrays = tuple(str(a) for a in s.args if isinstance(a, Tok) and a.kind == "array")
+        ir_op = str(s.args[1]) if s.op == "digital" else None
+        return Instruction(s.op, values[0], tuple(values[1:]), arrays, ir_op)
+
+
 def _fmt(a: Arg | Tok) -> str:
     if isinstance(a, Tok):
         return a.text
@@ -132,7 +246,9 @@ def _lark() -> Lark:
 
 
 def parse_program(text: str, source: str = "<program>") -> Program:
-    """Parse tile-program text; syntax errors name ``source:line:column``."""
+    """Parse tile-program text; syntax errors, text beyond :data:`LIMITS`, integers beyond 64
+    bits, non-finite floats and bad string escapes name ``source:line:column``."""
+    check_text_limits(text, source, LIMITS)
     try:
         tree = _lark().parse(text)
     except UnexpectedInput as e:
@@ -144,32 +260,54 @@ def parse_program(text: str, source: str = "<program>") -> Program:
         ) from None
     name, hw, *rest = tree.children
     assert isinstance(name, Token) and isinstance(hw, Token)
-    p = Program(str(name)[1:], json.loads(str(hw)))
+    args = _Args(source, text)
+    p = Program(str(name)[1:], args.string(hw))
     for child in rest:
         assert isinstance(child, Tree)
         if child.data == "stmt":
-            p.decls.append(_stmt(child))
+            p.decls.append(args.stmt(child))
         elif child.data == "once":
-            p.once = [_stmt(s) for s in child.children if isinstance(s, Tree)]
+            p.once = [args.stmt(s) for s in child.children if isinstance(s, Tree)]
         else:
-            p.body = [_stmt(s) for s in child.children if isinstance(s, Tree)]
+            p.body = [args.stmt(s) for s in child.children if isinstance(s, Tree)]
     return p
 
 
-def _stmt(t: Tree[Token]) -> Stmt:
-    op, *args = t.children
-    assert isinstance(op, Token)
-    return Stmt(
-        str(op), [_arg(a) for a in args if isinstance(a, Tree)], (t.meta.line, t.meta.column)
-    )
+class _Args(TokenReader):
+    """Statements and their arguments, with errors at ``source:line:column`` of ``text``."""
 
+    def stmt(self, t: Tree[Token]) -> Stmt:
+        """One statement."""
+        op, *args = t.children
+        assert isinstance(op, Token)
+        return Stmt(
+            str(op),
+            [self.arg(a) for a in args if isinstance(a, Tree)],
+            (t.meta.line, t.meta.column),
+        )
 
-def _arg(t: Tree[Token]) -> Arg | Tok:
-    tok = str(t.children[0])
-    if t.data == "int":
-        return int(tok)
-    if t.data == "float":
-        return float(tok)
-    if t.data == "string":
-        return str(json.loads(tok))
-    return Tok(str(t.data), tok)
+    def arg(self, t: Tree[Token]) -> Arg | Tok:
+        """One argument: integers within 64 bits, finite floats, checked strings; ranges
+        (``lo:hi``) and array indices (``aN``) within 64 bits."""
+        tok = t.children[0]
+        assert isinstance(tok, Token)
+        text = str(tok)
+        if t.data == "int":
+            return self.integer(tok, text)
+        if t.data == "float":
+            v = float(text)
+            if not math.isfinite(v):
+                raise self.err(tok, f"number {short(text)} is out of range (not a finite float)")
+            return v
+        if t.data == "string":
+            return self.string(tok)
+        if t.data == "range":
+            for end in text.split(":"):
+                self.integer(tok, end)
+        if t.data == "array":
+            self.integer(tok, text[1:])
+        return Tok(str(t.data), text)
+
+    def integer(self, tok: Token, text: str) -> int:
+        """An integer whose magnitude is at most :data:`MAX_INT`."""
+        return self.int64(tok, text, "integer")

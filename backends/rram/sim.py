@@ -28,11 +28,18 @@ from bsnnc.backends.rram.cost import Counters, Events, check_hw, load_mapping
 from bsnnc.backends.rram.emit import load_program
 from bsnnc.backends.rram.hw import HwConfig, load_hw
 from bsnnc.backends.rram.mapping import FP_BITS, input_bits
-from bsnnc.backends.rram.program import Program, Stmt, Tok
-from bsnnc.ir.errors import ArtifactError, BsnncError
+from bsnnc.backends.rram.program import (
+    BlockDecl,
+    Instruction,
+    NeuronDecl,
+    Program,
+    SendStmt,
+    Stmt,
+)
+from bsnnc.backends.rram.validate import validate_artifact_program
+from bsnnc.ir.errors import ArtifactError
 from bsnnc.ir.graph import Graph, Node, attr_ints
 from bsnnc.ir.io import read_npz
-from bsnnc.ir.ops import Trait, ops_with
 from bsnnc.runtime.ann import last_uses
 from bsnnc.runtime.artifact import Artifact
 from bsnnc.runtime.intkernels import BlockedSpikeMatMul
@@ -65,6 +72,10 @@ def _im2col(s: np.ndarray, n: Node, kh: int, kw: int) -> tuple[np.ndarray, int, 
     return cols, oh, ow
 
 
+#: perturbed conductances are programmed to multiples of 2^-16 of the ±1 level
+CONDUCTANCE_BITS = 16
+
+
 @dataclass(frozen=True)
 class NonIdeal:
     """Device and circuit non-idealities, off by default, seeded.
@@ -72,7 +83,9 @@ class NonIdeal:
     * ``adc_bits``: each array's column sums (per row block) are clipped to
       ±(2^(adc_bits−1) − 1) before the digital adder;
     * ``variation``: every cell's conductance deviates by a factor 1 + σ·N(0, 1) (drawn once
-      per cell: programming variation);
+      per cell: programming variation), programmed to a grid of 2^-:data:`CONDUCTANCE_BITS`
+      of the ±1 level — so column sums are exact in float64, the same for every batch size,
+      chunking and CPU;
     * ``stuck_at``: this fraction of cells is stuck at a random state (+1 or −1).
     """
 
@@ -87,47 +100,23 @@ class NonIdeal:
         return self.adc_bits is None and self.variation == 0.0 and self.stuck_at == 0.0
 
     def weights(self, w: np.ndarray, layer_index: int) -> np.ndarray:
-        """The weights the cells actually hold (int8 ±1, or float32 with variation)."""
+        """The weights the cells actually hold: int8 ±1, or with variation float64 multiples
+        of 2^-CONDUCTANCE_BITS. Every draw comes from the stream seeded by (seed, layer), one
+        value per cell in a fixed order: independent of images and batching."""
         rng = np.random.default_rng([self.seed, layer_index])
         out = w.copy()
         if self.stuck_at > 0:
             stuck = rng.random(w.shape) < self.stuck_at
             out[stuck] = rng.choice(np.array([-1, 1], np.int8), size=int(stuck.sum()))
         if self.variation > 0:
-            return (out * (1.0 + self.variation * rng.standard_normal(w.shape))).astype(np.float32)
+            g = out * (1.0 + self.variation * rng.standard_normal(w.shape))
+            return np.asarray(np.round(g * 2.0**CONDUCTANCE_BITS) / 2.0**CONDUCTANCE_BITS)
         return out
 
     @property
     def clip(self) -> int | None:
         """The ADC's largest magnitude, or None (ideal)."""
         return None if self.adc_bits is None else 2 ** (self.adc_bits - 1) - 1
-
-
-def _as_int(a: object) -> int:
-    """An integer argument (check_program has validated the statement's form)."""
-    assert isinstance(a, int)
-    return a
-
-
-_OPS_OF = {"fire": ("if",), "readout": ("readout",), "mvm": ops_with(Trait.WEIGHTED)}
-
-
-def _check_against_graph(p: Program, g: Graph, source: str) -> None:
-    """Every instruction that computes a value names a node of graph.ir with that operation
-    and those operands (the simulator takes shapes and constants from the graph)."""
-    nodes = g.node_map()
-    for s in [*p.once, *p.body]:
-        if s.op not in ("mvm", "fire", "readout", "digital"):
-            continue
-        values = [str(a)[1:] for a in s.args if isinstance(a, Tok) and a.kind == "value"]
-        at = f"{source}:{s.pos[0]}:{s.pos[1]}: {s.op}" if s.pos else f"{source}: {s.op}"
-        n = nodes.get(values[0])
-        if n is None:
-            raise BsnncError(f"{at}: %{values[0]} is not a value of graph.ir")
-        ops = _OPS_OF.get(s.op, (str(s.args[1]),))
-        if n.op not in ops or values[1:] != n.value_operands():
-            want = " ".join(f"%{v}" for v in n.value_operands())
-            raise BsnncError(f"{at}: graph.ir computes %{n.result} as {n.op} of {want}")
 
 
 class TileSimulator:
@@ -144,7 +133,7 @@ class TileSimulator:
         self.nonideal = nonideal or NonIdeal()
         self.g: Graph = art.graph
         self.program: Program = load_program(path, art.extra)
-        _check_against_graph(self.program, self.g, f"{path}[program.txt]")
+        validate_artifact_program(self.program, self.g, art.extra, hw, path)
         self.mapping = load_mapping(art.extra, path)
         if hw is not None:
             check_hw(hw, self.mapping, path, hw_spec or hw.name)
@@ -168,23 +157,18 @@ class TileSimulator:
         self.kernels = {layer: self._row_block_kernels(layer) for layer in self.weights}
 
     def _declare(self, s: Stmt) -> None:
-        a = s.args
         if s.op == "block":
-            r0, r1 = (int(x) for x in str(a[3]).split(":"))
-            c0, c1 = (int(x) for x in str(a[5]).split(":"))
-            copy = _as_int(a[9]) if len(a) > 9 else 0
-            self.blocks.setdefault(str(a[0])[1:], []).append((int(str(a[1])[1:]), r0, r1, c0, c1))
-            self.copies[str(a[0])[1:]] = max(self.copies.get(str(a[0])[1:], 1), copy + 1)
+            b = BlockDecl.of(s)
+            self.blocks.setdefault(b.layer, []).append((b.array, *b.rows, *b.cols))
+            self.copies[b.layer] = max(self.copies.get(b.layer, 1), b.copy + 1)
         elif s.op == "neuron":
-            raw = a[2]
+            d = NeuronDecl.of(s)
             theta: np.ndarray | float
-            if isinstance(raw, Tok):
-                theta = self.arrays["%" + str(raw)[1:]].astype(np.float64)
+            if d.theta_array is not None:
+                theta = self.arrays[d.theta_array].astype(np.float64)
             else:
-                theta = float(raw)
-            if str(a[3]) == "unit":
-                theta = theta * 2.0 ** _as_int(a[4])
-            self.thresholds[str(a[0])[1:]] = (theta, str(a[-1]))
+                theta = float(d.theta or 0.0)
+            self.thresholds[d.layer] = (theta * 2.0**d.unit, d.reset)
 
     def _unpack(self, key: str) -> np.ndarray:
         layer = key[1:-2]
@@ -237,7 +221,7 @@ class TileSimulator:
                 if s.op == "send":
                     self._count_send(s, env, ev)
                     continue
-                result = str(s.args[0])[1:]
+                result = Instruction.of(s).result
                 env[result] = self._execute(s, result, env, T, trace, ev)
                 for v in last.get(order[result], []):
                     if v != result:
@@ -343,14 +327,13 @@ class TileSimulator:
 
     def _count_add(self, s: Stmt, ev: Events) -> None:
         """Partial sums of the row blocks, added per output neuron (and timestep)."""
-        layer = str(s.args[0])[1:]
+        layer = Instruction.of(s).result
         blocks = len(self.row_blocks[layer]) if layer in self.row_blocks else 1
         per_read = (blocks - 1) * self.nodes[layer].type.numel_per_sample()
         ev.add("psum_adds", per_read * self.planes.get(layer, 1))
 
     def _count_send(self, s: Stmt, env: dict[str, Value], ev: Events) -> None:
-        layer = str(s.args[0])[1:]
-        hops = _as_int(s.args[2])
+        layer, hops = SendStmt.of(s).layer, SendStmt.of(s).hops
         spikes = env[layer].data
         per_step = spikes.reshape(spikes.shape[0], spikes.shape[1], -1).sum(axis=2, dtype=np.int64)
         ev.add("spike_packets", per_step)

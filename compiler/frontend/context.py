@@ -78,6 +78,27 @@ class Ctx:
             return self.consts[name]
         raise self.fail(f"{what} '{name}' must be a constant (an initializer), but it is computed")
 
+    def numeric(self, name: str, what: str) -> np.ndarray:
+        """A constant that is numeric data of the network (weights, biases, BatchNorm
+        parameters, scale factors): float32 or float64, every value finite — anything else is
+        an error naming the tensor, never silently converted (a float16 or integer weight
+        would make the float32 reference disagree with onnxruntime; NaN or ±inf would make
+        calibration meaningless)."""
+        v = self.const(name, what)
+        if v.dtype not in (np.float32, np.float64):
+            raise self.fail(
+                f"{what} '{name}' is {v.dtype}; bsnnc imports float32 networks: re-export the "
+                "model in float32 (weights, biases and normalization parameters)"
+            )
+        bad = ~np.isfinite(v)
+        if np.any(bad):
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise self.fail(
+                f"{what} '{name}' has {int(bad.sum())} non-finite value(s) (NaN or ±inf), "
+                f"the first at index {list(first)}: {v[first]}"
+            )
+        return v
+
     def type_of(self, operand: str) -> TensorType:
         """IR type of an operand."""
         return self.builder.type_of(operand)

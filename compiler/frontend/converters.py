@@ -110,9 +110,9 @@ def _split_binary(ctx: Ctx) -> tuple[str, np.ndarray]:
     """(value operand, constant) of a binary elementwise op with one constant side."""
     a, b = ctx.inputs()[:2]
     if ctx.is_const(a) and not ctx.is_const(b):
-        return ctx.value(b), ctx.consts[a]
+        return ctx.value(b), ctx.numeric(a, "constant operand")
     if ctx.is_const(b) and not ctx.is_const(a):
-        return ctx.value(a), ctx.consts[b]
+        return ctx.value(a), ctx.numeric(b, "constant operand")
     raise ctx.fail(
         "only elementwise ops with one constant operand are supported (no residual "
         "connections or tensor-tensor products)"
@@ -130,7 +130,7 @@ def conv_sub(ctx: Ctx) -> None:
     a, b = ctx.inputs()[:2]
     if ctx.is_const(a):
         raise ctx.fail("Sub with a constant minuend (c − x) is not supported; use x − c")
-    ctx.bind(0, _affine(ctx, ctx.value(a), -ctx.const(b, "subtrahend"), "bias"))
+    ctx.bind(0, _affine(ctx, ctx.value(a), -ctx.numeric(b, "subtrahend"), "bias"))
 
 
 def conv_mul(ctx: Ctx) -> None:
@@ -144,7 +144,7 @@ def conv_div(ctx: Ctx) -> None:
     a, b = ctx.inputs()[:2]
     if ctx.is_const(a):
         raise ctx.fail("Div with a constant dividend (c / x) is not supported")
-    c = ctx.const(b, "divisor").astype(np.float64)
+    c = ctx.numeric(b, "divisor").astype(np.float64)
     ctx.bind(0, _affine(ctx, ctx.value(a), (1.0 / c).astype(np.float32), "scale"))
 
 
@@ -193,7 +193,7 @@ def conv_conv(ctx: Ctx) -> None:
     ins = ctx.inputs()
     x = ctx.value(ins[0])
     _need_4d(ctx, x)
-    w = ctx.const(ins[1], "weight").astype(np.float32, copy=False)
+    w = ctx.numeric(ins[1], "weight").astype(np.float32, copy=False)
     group = int(ctx.attr("group", 1))
     if group != 1:
         kind = "depthwise" if w.shape[1] == 1 else "grouped"  # one input channel per group
@@ -207,7 +207,7 @@ def conv_conv(ctx: Ctx) -> None:
     attrs = {"stride": tuple(s), "dilation": tuple(d), "pad": tuple(_same_pads(ctx, x, k, s, d))}
     y = _weighted(ctx, "conv2d", x, w, ins[1], attrs)
     if len(ins) > 2 and ins[2]:
-        y = _per_channel(ctx, y, ctx.const(ins[2], "bias"), "bias")
+        y = _per_channel(ctx, y, ctx.numeric(ins[2], "bias"), "bias")
     ctx.bind(0, y)
 
 
@@ -217,14 +217,14 @@ def conv_gemm(ctx: Ctx) -> None:
     if int(ctx.attr("transA", 0)):
         raise ctx.fail("Gemm with transA=1 is not supported")
     x = ctx.value(ins[0])
-    b = ctx.const(ins[1], "weight B").astype(np.float32, copy=False)
+    b = ctx.numeric(ins[1], "weight B").astype(np.float32, copy=False)
     w = b if int(ctx.attr("transB", 0)) else b.T
     alpha, beta = float(ctx.attr("alpha", 1.0)), float(ctx.attr("beta", 1.0))
     y = _weighted(ctx, "dense", x, np.ascontiguousarray(w), ins[1], {})
     if alpha != 1.0:
         y = ctx.emit("scale", [y], {"factor": alpha})
     if len(ins) > 2 and ins[2]:
-        y = _affine(ctx, y, beta * ctx.const(ins[2], "bias C"), "bias")
+        y = _affine(ctx, y, beta * ctx.numeric(ins[2], "bias C"), "bias")
     ctx.bind(0, y)
 
 
@@ -234,7 +234,7 @@ def conv_matmul(ctx: Ctx) -> None:
     x = ctx.value(ins[0])
     if ctx.type_of(x).rank != 2:
         raise ctx.fail(f"MatMul is supported on 2-D inputs only, got {ctx.type_of(x)}")
-    b = ctx.const(ins[1], "weight B").astype(np.float32, copy=False)
+    b = ctx.numeric(ins[1], "weight B").astype(np.float32, copy=False)
     if b.ndim != 2:
         raise ctx.fail(f"MatMul weight must be 2-D, got shape {list(b.shape)}")
     ctx.bind(0, _weighted(ctx, "dense", x, np.ascontiguousarray(b.T), ins[1], {}))
@@ -248,7 +248,7 @@ def conv_batchnorm(ctx: Ctx) -> None:
     ins = ctx.inputs()
     x = ctx.value(ins[0])
     gamma, beta, mean, var = (
-        ctx.const(n, "BatchNormalization parameter").astype(np.float64) for n in ins[1:5]
+        ctx.numeric(n, "BatchNormalization parameter").astype(np.float64) for n in ins[1:5]
     )
     s = gamma / np.sqrt(var + float(ctx.attr("epsilon", 1e-5)))
     y = _per_channel(ctx, x, s, "scale")

@@ -43,6 +43,12 @@ def import_onnx(path: str | os.PathLike[str], input_shape: Sequence[int] | None 
             f"{loaded.path}: opset {loaded.opset} is too old; "
             f"export with opset {MIN_OPSET} or later"
         )
+    newest = onnx.defs.onnx_opset_version()
+    if loaded.opset > newest:
+        raise OnnxImportError(
+            f"{loaded.path}: opset {loaded.opset} is newer than any this onnx ({onnx.__version__}) "
+            f"knows (≤ {newest}); export with opset {MIN_OPSET}..{newest}"
+        )
     return convert_model(loaded, input_shape)
 
 
@@ -170,9 +176,42 @@ def _shape_of_value(ctx: Ctx, node: onnx.NodeProto) -> None:
     ctx.consts[node.input[0] + "#shape"] = np.array(dims[start:end], dtype=np.int64)
 
 
+#: constant folding refuses to make a tensor larger than this many elements (512 MB of
+#: float32: the largest weight of VGG-15 for ImageNet has 103 M); a ConstantOfShape or
+#: Expand of a huge shape is an error, not a memory blow-up.
+FOLD_MAX_ELEMENTS = 1 << 27
+
+
+def _fold_elements(node: onnx.NodeProto, feeds: dict[str, np.ndarray], ctx: Ctx) -> int | None:
+    """How many elements folding ``node`` would produce, when it can be known before running
+    it: from the shape argument of shape-making ops, else from ONNX's inferred shapes."""
+    ins = [feeds.get(i) for i in node.input]
+    if node.op_type == "ConstantOfShape" and ins and ins[0] is not None:
+        return int(np.prod(ins[0].astype(np.float64)))
+    if node.op_type == "Expand" and len(ins) > 1 and ins[0] is not None and ins[1] is not None:
+        shape = np.broadcast_shapes(ins[0].shape, tuple(int(d) for d in ins[1].reshape(-1)))
+        return int(np.prod(np.asarray(shape, np.float64)))
+    if node.op_type == "Tile" and len(ins) > 1 and ins[0] is not None and ins[1] is not None:
+        return int(ins[0].size * np.prod(ins[1].astype(np.float64)))
+    total = 0.0
+    for o in node.output:
+        inferred = ctx.shapes.get(o) if o else None
+        if inferred is None or not all(isinstance(d, int) for d in inferred):
+            return None
+        total += float(np.prod(np.asarray(inferred, np.float64)))
+    return int(total)
+
+
 def _fold(ctx: Ctx, node: onnx.NodeProto, model: onnx.ModelProto) -> None:
-    """Evaluate a node on constant inputs with onnx's reference evaluator."""
+    """Evaluate a node on constant inputs with onnx's reference evaluator (refused when the
+    result would exceed :data:`FOLD_MAX_ELEMENTS`)."""
     feeds = {i: ctx.consts[i] for i in node.input if i}
+    n = _fold_elements(node, feeds, ctx)
+    if n is not None and n > FOLD_MAX_ELEMENTS:
+        raise OnnxImportError(
+            f"{node_label(node)}: folding this constant would make {n:,} elements "
+            f"({4 * n / 2**30:,.1f} GiB as float32); the limit is {FOLD_MAX_ELEMENTS:,}"
+        )
     graph = helper.make_graph(
         [node],
         "fold",
