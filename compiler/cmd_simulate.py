@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import io
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -40,7 +42,8 @@ from bsnnc.runtime.artifact import Artifact, read_artifact
 from bsnnc.runtime.datasets import NAMED, Images, load_images
 
 if TYPE_CHECKING:  # the simulators load onnxruntime: imported when a command runs
-    from bsnnc.backends.rram.sim import NonIdeal
+    from bsnnc.backends.rram.sim import NonIdeal, TileSimulator
+    from bsnnc.runtime.snn import SnnTrace
 
 #: options of ``bsnnc compile`` that change the artifact (flag → takes a value): given to
 #: ``simulate`` they fail with "recompile with …" instead of argparse's bare "unrecognized
@@ -267,6 +270,7 @@ def run(args: argparse.Namespace) -> int:
         chunk_size,
         conversion_summary,
         metrics,
+        plan,
         run_chunks,
     )
 
@@ -282,8 +286,11 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None and images.y is None:
         raise BsnncError(f"--plot needs labelled images ({images.name} has no y)")
     T = args.timesteps
-    check_fits(g, T, args.max_memory)
-    size = chunk_size(g, T, args.batch, args.max_memory)
+    if args.backend == "rram":  # the tile simulator chunks images, not timesteps
+        check_fits(g, T, args.max_memory)
+        size, window = chunk_size(g, T, args.batch, args.max_memory), T
+    else:
+        size, window = plan(g, T, args.batch, args.max_memory)
     t0 = time.perf_counter()
     with Progress(
         TextColumn("simulating"),
@@ -305,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
             origin = "--energy" if args.energy else f"energy table of hardware {sim.hw.name}:"
             energy = load_energy(args.energy or sim.hw.energy, origin)
         counters = Counters.zeros(T)
-        runner = None if sim is None else (lambda x, t: sim.run(x, t, counters, args.early_exit))
+        runner = _runner(g, sim, counters, args.early_exit, window)
         chunks = run_chunks(
             g, images, T, size, args.early_exit, lambda n: bar.advance(task, n), runner
         )
@@ -334,6 +341,24 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print(out)
     return 0
+
+
+def _runner(
+    g: Graph,
+    sim: TileSimulator | None,
+    counters: Counters,
+    early_exit: float | None,
+    window: int,
+) -> Callable[[np.ndarray, int], SnnTrace]:
+    """How one chunk of images is simulated: the tile simulator (counting events), or the
+    numpy reference in time windows of ``window`` steps."""
+    if sim is not None:
+        tiles = sim
+        return lambda x, t: tiles.run(x, t, counters, early_exit)
+    from bsnnc.runtime.snn import SnnRuntime
+
+    reference = SnnRuntime(g)
+    return lambda x, t: reference.run(x, t, window)
 
 
 def _given(args: argparse.Namespace, options: tuple[tuple[str, str], ...]) -> list[str]:

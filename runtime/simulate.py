@@ -58,14 +58,30 @@ def bytes_per_image(g: Graph, T: int) -> int:
 
 
 def check_fits(g: Graph, T: int, max_memory: int) -> None:
-    """Refuse a run whose single image needs more than ``max_memory`` bytes (by
-    :func:`bytes_per_image`): images are chunked, timesteps are not (yet)."""
+    """Refuse a run whose single image needs more than ``max_memory`` bytes over ``T`` steps
+    (by :func:`bytes_per_image`)."""
     need = bytes_per_image(g, T)
     if need > max_memory:
         raise BsnncError(
             f"one image at T={T} needs about {need / 2**20:,.0f} MiB, more than --max-memory "
             f"({max_memory / 2**20:,.0f} MiB): raise --max-memory or lower -T"
         )
+
+
+def plan(g: Graph, T: int, batch: int, max_memory: int) -> tuple[int, int]:
+    """(images per chunk, timesteps per window) within ``max_memory``: whole runs of T steps
+    for as many images as fit; when one image over T steps does not fit, one image at a time
+    in windows of as many steps as fit (:meth:`SnnRuntime.run` carries the membranes across
+    windows, so the results do not change); when not even one step fits, an error that says
+    how much it would take."""
+    if bytes_per_image(g, T) <= max_memory:
+        return chunk_size(g, T, batch, max_memory), T
+    per_step = bytes_per_image(g, 2) - bytes_per_image(g, 1)
+    fixed = bytes_per_image(g, 1) - per_step
+    window = (max_memory - fixed) // per_step if per_step else T
+    if window < 1:
+        check_fits(g, 1, max_memory)
+    return 1, int(min(window, T))
 
 
 def chunk_size(g: Graph, T: int, batch: int, max_memory: int) -> int:

@@ -57,10 +57,15 @@ class SnnTrace:
     layer_input: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def if_scan(z: Value, theta: np.ndarray | float, reset: str, T: int) -> np.ndarray:
-    """Integrate-and-fire over T steps; returns spikes [T, N, ...] as uint8."""
+def if_scan(
+    z: Value, theta: np.ndarray | float, reset: str, T: int, v: np.ndarray | None = None
+) -> np.ndarray:
+    """Integrate-and-fire over T steps from membranes ``v`` (zeros when None; updated in
+    place, so a later window continues where this one stopped); returns spikes [T, N, ...]
+    as uint8."""
     shape = z.data.shape if z.static else z.data.shape[1:]
-    v = np.zeros(shape, np.float64)
+    if v is None:
+        v = np.zeros(shape, np.float64)
     out = np.empty((T, *shape), np.uint8)
     th = np.asarray(theta, np.float64)
     for t in range(T):
@@ -72,6 +77,28 @@ def if_scan(z: Value, theta: np.ndarray | float, reset: str, T: int) -> np.ndarr
         else:
             v[fired] = 0.0
     return out
+
+
+@dataclass
+class _State:
+    """What carries over from one time window to the next."""
+
+    #: per IF layer: the membranes after the last step
+    membranes: dict[str, np.ndarray] = field(default_factory=dict)
+    #: values computed from the input alone (the same in every window)
+    static: dict[str, Value] = field(default_factory=dict)
+    #: the readout membrane after the last step
+    readout: np.ndarray | None = None
+
+
+def _merge(a: SnnTrace, b: SnnTrace) -> SnnTrace:
+    """Trace ``a`` followed by the next window's trace ``b``."""
+    return SnnTrace(
+        final=np.concatenate([a.final, b.final]),
+        spikes={k: np.concatenate([v, b.spikes[k]]) for k, v in a.spikes.items()},
+        per_neuron={k: v + b.per_neuron[k] for k, v in a.per_neuron.items()},
+        layer_input={k: np.concatenate([v, b.layer_input[k]]) for k, v in a.layer_input.items()},
+    )
 
 
 class SnnRuntime:
@@ -97,42 +124,68 @@ class SnnRuntime:
             w, (stride[0], stride[1]), (pad[0], pad[1], pad[2], pad[3]), (dil[0], dil[1])
         )
 
-    def run(self, x: np.ndarray, T: int) -> SnnTrace:
-        """Simulate T steps on the images ``x`` [N, C, H, W]."""
+    def run(self, x: np.ndarray, T: int, window: int | None = None) -> SnnTrace:
+        """Simulate T steps on the images ``x`` [N, C, H, W], ``window`` steps at a time (all
+        at once when None): membranes and the readout carry over between windows and values
+        computed from the input alone are computed once, so any window gives the same bits."""
+        w = T if window is None else max(1, min(window, T))
+        state = _State()
+        merged: SnnTrace | None = None
+        for t0 in range(0, T, w):
+            part = self._window(x, t0, min(w, T - t0), state)
+            merged = part if merged is None else _merge(merged, part)
+        assert merged is not None
+        return merged
+
+    def _window(self, x: np.ndarray, t0: int, T: int, state: _State) -> SnnTrace:
         env: dict[str, Value] = {}
         trace = SnnTrace(final=np.zeros(0))
         last = last_uses(self.g)
         for i, n in enumerate(self.g.nodes):
-            env[n.result] = self._node(n, env, x, T, trace)
+            cached = state.static.get(n.result)
+            env[n.result] = cached or self._node(n, env, x, T, trace, t0, state)
+            if env[n.result].static:
+                state.static[n.result] = env[n.result]
             for v in last.get(i, []):
                 env.pop(v, None)
-        out = env[self.g.outputs[0]]
-        trace.final = out.data
+        trace.final = env[self.g.outputs[0]].data
+        state.readout = trace.final[-1]
         return trace
 
     def _node(
-        self, n: Node, env: dict[str, Value], x: np.ndarray, T: int, trace: SnnTrace
+        self,
+        n: Node,
+        env: dict[str, Value],
+        x: np.ndarray,
+        T: int,
+        trace: SnnTrace,
+        t0: int,
+        state: _State,
     ) -> Value:
         if n.op == "input":
             return Value(np.ascontiguousarray(x, np.float32), True)
         ins = [env[o[1:]] for o in n.operands if o.startswith("%")]
         consts = [self.g.constants[c].array() for c in n.const_operands()]
         if n.op == "if":
-            return self._if(n, ins[0], consts, T, trace)
+            return self._if(n, ins[0], consts, T, trace, state)
         if n.op == "readout":
-            return readout(ins[0], T)
+            return readout(ins[0], T, t0, state.readout)
         if n.result in self._fast:
             return self._binary(n, ins[0], T, trace)
         return digital(n, ins[0], consts, T)
 
-    def _if(self, n: Node, z: Value, consts: list[np.ndarray], T: int, trace: SnnTrace) -> Value:
+    def _if(
+        self, n: Node, z: Value, consts: list[np.ndarray], T: int, trace: SnnTrace, state: _State
+    ) -> Value:
         theta: np.ndarray | float = attr_float(n.attrs, "theta")
         if consts:
             rank = z.data.ndim if z.static else z.data.ndim - 1
             theta = theta * K.channel_broadcast(
                 consts[0].astype(np.float64), rank, attr_int(n.attrs, "axis")
             )
-        s = if_scan(z, theta, str(n.attrs["reset"]), T)
+        shape = z.data.shape if z.static else z.data.shape[1:]
+        v = state.membranes.setdefault(n.result, np.zeros(shape, np.float64))
+        s = if_scan(z, theta, str(n.attrs["reset"]), T, v)
         record_spikes(trace, n.result, s)
         return Value(s, False)
 
@@ -151,12 +204,17 @@ def record_spikes(trace: SnnTrace, layer: str, spikes: np.ndarray) -> None:
     trace.per_neuron[layer] = spikes.sum(axis=0, dtype=np.int32).reshape(N, -1)
 
 
-def readout(z: Value, T: int) -> Value:
-    """The final membrane after every step: ``V[t] = Σ_{τ ≤ t} z[τ]`` (float64)."""
+def readout(z: Value, T: int, t0: int = 0, last: np.ndarray | None = None) -> Value:
+    """The final membrane after every step: ``V[t] = Σ_{τ ≤ t} z[τ]`` (float64), for the
+    steps t0+1 .. t0+T of a window; ``last`` is V[t0] (the previous window's last row). The
+    sums run in the same order as over the whole run, so windows change no bit."""
     if z.static:
-        steps = np.arange(1, T + 1, dtype=np.float64).reshape(T, *([1] * z.data.ndim))
+        steps = np.arange(t0 + 1, t0 + T + 1, dtype=np.float64).reshape(T, *([1] * z.data.ndim))
         return Value(steps * z.data.astype(np.float64), False)
-    return Value(np.cumsum(z.data, axis=0, dtype=np.float64), False)
+    if last is None:
+        return Value(np.cumsum(z.data, axis=0, dtype=np.float64), False)
+    both = np.concatenate([last[None].astype(np.float64), z.data.astype(np.float64)])
+    return Value(np.cumsum(both, axis=0)[1:], False)
 
 
 def digital(n: Node, x: Value, consts: list[np.ndarray], T: int) -> Value:
