@@ -388,10 +388,8 @@ def _nonideal(args: argparse.Namespace) -> NonIdeal:
             f"{', '.join(given)}: the non-idealities (--adc-bits, --variation, --stuck-at, "
             "--seed) need --backend rram"
         )
-    ni = NonIdeal(args.adc_bits, args.variation or 0.0, args.stuck_at or 0.0, args.seed or 0)
-    if ni.variation < 0 or not 0 <= ni.stuck_at <= 1:
-        raise BsnncError("--variation must be ≥ 0 and --stuck-at within [0, 1]")
-    return ni
+    # ranges are checked when the flags are parsed (see add_parser)
+    return NonIdeal(args.adc_bits, args.variation or 0.0, args.stuck_at or 0.0, args.seed or 0)
 
 
 def _write_png(f: IO[bytes], buf: io.BytesIO) -> None:

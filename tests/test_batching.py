@@ -43,7 +43,7 @@ def artifacts(zoo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
 def _run(
     tiles: Path, images: list[str], extra: list[str], batch: int, capsys
-) -> tuple[str, list[int]]:  # type: ignore[no-untyped-def]
+) -> tuple[str, list[int]]:
     argv = ["simulate", tiles, *images, "-T", "8", "--json", "--no-ann", "--batch", str(batch)]
     out, _ = ok([*argv, *extra], capsys)
     r = json.loads(out)

@@ -18,13 +18,12 @@ carry state across steps, so this equals looping ``loop timestep`` T times.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from bsnnc.backends.rram.cost import Counters, Events, check_hw, load_mapping
+from bsnnc.backends.rram.cost import Counters, Events, check_hw
 from bsnnc.backends.rram.emit import load_program
 from bsnnc.backends.rram.hw import HwConfig, load_hw
 from bsnnc.backends.rram.mapping import FP_BITS, input_bits
@@ -37,9 +36,7 @@ from bsnnc.backends.rram.program import (
     Stmt,
 )
 from bsnnc.backends.rram.validate import validate_artifact_program
-from bsnnc.ir.errors import ArtifactError
 from bsnnc.ir.graph import Graph, Node, attr_ints
-from bsnnc.ir.io import read_npz
 from bsnnc.runtime.ann import last_uses
 from bsnnc.runtime.artifact import Artifact
 from bsnnc.runtime.intkernels import BlockedSpikeMatMul
@@ -133,16 +130,13 @@ class TileSimulator:
         self.nonideal = nonideal or NonIdeal()
         self.g: Graph = art.graph
         self.program: Program = load_program(path, art.extra)
-        validate_artifact_program(self.program, self.g, art.extra, hw, path)
-        self.mapping = load_mapping(art.extra, path)
+        self.arrays, self.mapping = validate_artifact_program(
+            self.program, self.g, art.extra, hw, path
+        )
         if hw is not None:
             check_hw(hw, self.mapping, path, hw_spec or hw.name)
         compiled = self.mapping.hw if self.mapping is not None else None
         self.hw = hw or compiled or load_hw(self.program.hw)
-        try:
-            self.arrays = read_npz(io.BytesIO(art.extra["program.npz"]))
-        except KeyError:
-            raise ArtifactError(f"{path}: member program.npz is missing") from None
         self.nodes = self.g.node_map()
         self.blocks: dict[str, list[tuple[int, int, int, int, int]]] = {}
         self.copies: dict[str, int] = {}
@@ -333,7 +327,8 @@ class TileSimulator:
         ev.add("psum_adds", per_read * self.planes.get(layer, 1))
 
     def _count_send(self, s: Stmt, env: dict[str, Value], ev: Events) -> None:
-        layer, hops = SendStmt.of(s).layer, SendStmt.of(s).hops
+        send = SendStmt.of(s)
+        layer, hops = send.layer, send.hops
         spikes = env[layer].data
         per_step = spikes.reshape(spikes.shape[0], spikes.shape[1], -1).sum(axis=2, dtype=np.int64)
         ev.add("spike_packets", per_step)

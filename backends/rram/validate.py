@@ -39,12 +39,11 @@ from __future__ import annotations
 import io
 import itertools
 import math
-import zipfile
 from collections.abc import Mapping
 
 import numpy as np
 
-from bsnnc.backends.rram.cost import load_mapping
+from bsnnc.backends.rram.cost import MappingFile, load_mapping
 from bsnnc.backends.rram.emit import check_program, load_program, unrolled
 from bsnnc.backends.rram.hw import HwConfig, load_hw
 from bsnnc.backends.rram.mapping import FP_BITS
@@ -96,24 +95,24 @@ def validate_artifact_program(
     members: Mapping[str, bytes],
     hw: HwConfig | None,
     path: str,
-) -> None:
+) -> tuple[dict[str, np.ndarray], MappingFile | None]:
     """:func:`validate_program` for an artifact's members: reads ``program.npz`` (a missing or
     unreadable one is an :class:`ArtifactError`) and validates against the hardware recorded
-    in ``mapping.json``, else ``hw``, else the preset the program names."""
+    in ``mapping.json``, else ``hw``, else the preset the program names. Returns what it read
+    (the program's arrays and the mapping), so callers need not decode them again."""
     try:
         data = members["program.npz"]
     except KeyError:
         raise ArtifactError(f"{path}: member program.npz is missing") from None
     where = f"{path}[program.npz]"
     try:
-        arrays = read_npz(io.BytesIO(data))
+        arrays = read_npz(io.BytesIO(data))  # its own errors are BsnncErrors
     except BsnncError as e:
         raise ArtifactError(f"{where}: {e.message}") from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ArtifactError(f"{where}: not a readable .npz of arrays ({e})") from None
     mapping = load_mapping(dict(members), path)
     compiled = mapping.hw if mapping is not None else None
     validate_program(program, graph, arrays, compiled or hw or load_hw(program.hw), path)
+    return arrays, mapping
 
 
 class _Validator:
