@@ -266,8 +266,6 @@ def run(args: argparse.Namespace) -> int:
     from bsnnc.backends.rram.sim import TileSimulator
     from bsnnc.runtime.simulate import (
         ann_accuracy,
-        check_fits,
-        chunk_size,
         conversion_summary,
         metrics,
         plan,
@@ -286,11 +284,17 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None and images.y is None:
         raise BsnncError(f"--plot needs labelled images ({images.name} has no y)")
     T = args.timesteps
-    if args.backend == "rram":  # the tile simulator chunks images, not timesteps
-        check_fits(g, T, args.max_memory)
-        size, window = chunk_size(g, T, args.batch, args.max_memory), T
-    else:
-        size, window = plan(g, T, args.batch, args.max_memory)
+    sim = (
+        TileSimulator(art, str(args.artifact), hw, nonideal=nonideal, hw_spec=args.hw)
+        if args.backend == "rram"
+        else None
+    )
+    energy = None
+    if sim is not None:  # a bad table fails now, not after the simulation
+        origin = "--energy" if args.energy else f"energy table of hardware {sim.hw.name}:"
+        energy = load_energy(args.energy or sim.hw.energy, origin)
+    per_step = sim.bytes_per_step() if sim is not None else 0
+    size, window = plan(g, T, args.batch, args.max_memory, per_step)
     t0 = time.perf_counter()
     with Progress(
         TextColumn("simulating"),
@@ -302,15 +306,6 @@ def run(args: argparse.Namespace) -> int:
         disable=not err.is_terminal,
     ) as bar:
         task = bar.add_task("", total=len(images))
-        sim = (
-            TileSimulator(art, str(args.artifact), hw, nonideal=nonideal, hw_spec=args.hw)
-            if args.backend == "rram"
-            else None
-        )
-        energy = None
-        if sim is not None:  # a bad table fails now, not after the simulation
-            origin = "--energy" if args.energy else f"energy table of hardware {sim.hw.name}:"
-            energy = load_energy(args.energy or sim.hw.energy, origin)
         counters = Counters.zeros(T)
         runner = _runner(g, sim, counters, args.early_exit, window)
         chunks = run_chunks(
@@ -350,11 +345,11 @@ def _runner(
     early_exit: float | None,
     window: int,
 ) -> Callable[[np.ndarray, int], SnnTrace]:
-    """How one chunk of images is simulated: the tile simulator (counting events), or the
-    numpy reference in time windows of ``window`` steps."""
+    """How one chunk of images is simulated, in time windows of ``window`` steps: the tile
+    simulator (counting events), or the numpy reference."""
     if sim is not None:
         tiles = sim
-        return lambda x, t: tiles.run(x, t, counters, early_exit)
+        return lambda x, t: tiles.run(x, t, counters, early_exit, window)
     from bsnnc.runtime.snn import SnnRuntime
 
     reference = SnnRuntime(g)

@@ -25,6 +25,8 @@ def _session(
     m.ir_version = 8
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # outputs are returned to numpy: an arena would keep every chunk's peak for the process
+    opts.enable_cpu_mem_arena = False
     # many small sessions share 2 cores: idle pool threads must sleep, not spin
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])

@@ -50,17 +50,19 @@ class Chunks:
     image_digests: list[bytes] = field(default_factory=list)
 
 
-def bytes_per_image(g: Graph, T: int) -> int:
+def bytes_per_image(g: Graph, T: int, per_step: int = 0) -> int:
     """A rough peak of memory per image: the two largest activations over T steps, as float32,
-    plus the float64 membrane of the largest IF layer."""
+    plus the float64 membrane of the largest IF layer, plus ``per_step`` bytes per step (what
+    a backend keeps besides the values, e.g. the tile simulator's event counts)."""
     sizes = sorted((n.type.numel_per_sample() for n in g.nodes), reverse=True)
-    return int(T * 4 * (sizes[0] + (sizes[1] if len(sizes) > 1 else 0)) * 2 + 8 * sizes[0])
+    values = T * 4 * (sizes[0] + (sizes[1] if len(sizes) > 1 else 0)) * 2 + 8 * sizes[0]
+    return int(values + T * per_step)
 
 
-def check_fits(g: Graph, T: int, max_memory: int) -> None:
+def check_fits(g: Graph, T: int, max_memory: int, per_step: int = 0) -> None:
     """Refuse a run whose single image needs more than ``max_memory`` bytes over ``T`` steps
     (by :func:`bytes_per_image`)."""
-    need = bytes_per_image(g, T)
+    need = bytes_per_image(g, T, per_step)
     if need > max_memory:
         raise BsnncError(
             f"one image at T={T} needs about {need / 2**20:,.0f} MiB, more than --max-memory "
@@ -68,25 +70,25 @@ def check_fits(g: Graph, T: int, max_memory: int) -> None:
         )
 
 
-def plan(g: Graph, T: int, batch: int, max_memory: int) -> tuple[int, int]:
+def plan(g: Graph, T: int, batch: int, max_memory: int, per_step: int = 0) -> tuple[int, int]:
     """(images per chunk, timesteps per window) within ``max_memory``: whole runs of T steps
     for as many images as fit; when one image over T steps does not fit, one image at a time
-    in windows of as many steps as fit (:meth:`SnnRuntime.run` carries the membranes across
-    windows, so the results do not change); when not even one step fits, an error that says
-    how much it would take."""
-    if bytes_per_image(g, T) <= max_memory:
-        return chunk_size(g, T, batch, max_memory), T
-    per_step = bytes_per_image(g, 2) - bytes_per_image(g, 1)
-    fixed = bytes_per_image(g, 1) - per_step
-    window = (max_memory - fixed) // per_step if per_step else T
+    in windows of as many steps as fit (the runtimes carry the membranes and the readout
+    across windows, so the results do not change); when not even one step fits, an error
+    that says how much it would take. ``per_step``: see :func:`bytes_per_image`."""
+    if bytes_per_image(g, T, per_step) <= max_memory:
+        return chunk_size(g, T, batch, max_memory, per_step), T
+    step = bytes_per_image(g, 2, per_step) - bytes_per_image(g, 1, per_step)
+    fixed = bytes_per_image(g, 1, per_step) - step
+    window = (max_memory - fixed) // step if step else T
     if window < 1:
-        check_fits(g, 1, max_memory)
+        check_fits(g, 1, max_memory, per_step)
     return 1, int(min(window, T))
 
 
-def chunk_size(g: Graph, T: int, batch: int, max_memory: int) -> int:
+def chunk_size(g: Graph, T: int, batch: int, max_memory: int, per_step: int = 0) -> int:
     """Images per chunk: at most ``batch``, and within ``max_memory`` bytes."""
-    return max(1, min(batch, max_memory // max(bytes_per_image(g, T), 1)))
+    return max(1, min(batch, max_memory // max(bytes_per_image(g, T, per_step), 1)))
 
 
 def exit_steps(final: np.ndarray, threshold: float | None) -> np.ndarray:

@@ -80,7 +80,7 @@ def if_scan(
 
 
 @dataclass
-class _State:
+class WindowState:
     """What carries over from one time window to the next."""
 
     #: per IF layer: the membranes after the last step
@@ -91,7 +91,7 @@ class _State:
     readout: np.ndarray | None = None
 
 
-def _merge(a: SnnTrace, b: SnnTrace) -> SnnTrace:
+def merge_traces(a: SnnTrace, b: SnnTrace) -> SnnTrace:
     """Trace ``a`` followed by the next window's trace ``b``."""
     return SnnTrace(
         final=np.concatenate([a.final, b.final]),
@@ -128,16 +128,9 @@ class SnnRuntime:
         """Simulate T steps on the images ``x`` [N, C, H, W], ``window`` steps at a time (all
         at once when None): membranes and the readout carry over between windows and values
         computed from the input alone are computed once, so any window gives the same bits."""
-        w = T if window is None else max(1, min(window, T))
-        state = _State()
-        merged: SnnTrace | None = None
-        for t0 in range(0, T, w):
-            part = self._window(x, t0, min(w, T - t0), state)
-            merged = part if merged is None else _merge(merged, part)
-        assert merged is not None
-        return merged
+        return run_in_windows(T, window, lambda t0, w, state: self._window(x, t0, w, state))
 
-    def _window(self, x: np.ndarray, t0: int, T: int, state: _State) -> SnnTrace:
+    def _window(self, x: np.ndarray, t0: int, T: int, state: WindowState) -> SnnTrace:
         env: dict[str, Value] = {}
         trace = SnnTrace(final=np.zeros(0))
         last = last_uses(self.g)
@@ -160,7 +153,7 @@ class SnnRuntime:
         T: int,
         trace: SnnTrace,
         t0: int,
-        state: _State,
+        state: WindowState,
     ) -> Value:
         if n.op == "input":
             return Value(np.ascontiguousarray(x, np.float32), True)
@@ -175,7 +168,13 @@ class SnnRuntime:
         return digital(n, ins[0], consts, T)
 
     def _if(
-        self, n: Node, z: Value, consts: list[np.ndarray], T: int, trace: SnnTrace, state: _State
+        self,
+        n: Node,
+        z: Value,
+        consts: list[np.ndarray],
+        T: int,
+        trace: SnnTrace,
+        state: WindowState,
     ) -> Value:
         theta: np.ndarray | float = attr_float(n.attrs, "theta")
         if consts:
@@ -195,6 +194,22 @@ class SnnRuntime:
         flat = data.reshape(T * data.shape[1], *data.shape[2:])
         y = self._fast[n.result](flat)
         return Value(y.reshape(T, data.shape[1], *y.shape[1:]), False)
+
+
+def run_in_windows(
+    T: int, window: int | None, run_window: Callable[[int, int, WindowState], SnnTrace]
+) -> SnnTrace:
+    """Runs steps 1..T as consecutive windows of ``window`` steps (one window when None):
+    ``run_window(t0, steps, state)`` simulates steps t0+1 .. t0+steps, continuing from
+    ``state``; the windows' traces are concatenated along time."""
+    w = T if window is None else max(1, min(window, T))
+    state = WindowState()
+    merged: SnnTrace | None = None
+    for t0 in range(0, T, w):
+        part = run_window(t0, min(w, T - t0), state)
+        merged = part if merged is None else merge_traces(merged, part)
+    assert merged is not None
+    return merged
 
 
 def record_spikes(trace: SnnTrace, layer: str, spikes: np.ndarray) -> None:

@@ -11,11 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clirun import fails, ok
+from clirun import ok
 
+from bsnnc.backends.rram.cost import COUNT_NAMES, Counters
+from bsnnc.backends.rram.sim import TileSimulator
+from bsnnc.ir.errors import BsnncError
 from bsnnc.runtime.artifact import read_artifact
 from bsnnc.runtime.datasets import load_images
-from bsnnc.runtime.snn import SnnRuntime
+from bsnnc.runtime.simulate import exit_steps, plan
+from bsnnc.runtime.snn import SnnRuntime, SnnTrace
 
 DIGITS = load_images("digits").x
 
@@ -38,22 +42,26 @@ def artifacts(zoo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     vgg = ["compile", zoo_data / "vgg_small.onnx", "--calib", zoo_data / "vgg_small.npz"]
     assert cli([*vgg, "-o", d / "vgg.tiles"]) == 0
     assert cli(["compile", "digits", "--reset", "zero", "-o", d / "zero.tiles"]) == 0
-    return {"digits": d / "digits.tiles", "vgg": d / "vgg.tiles", "digits-zero": d / "zero.tiles"}
+    bitsliced = d / "bitsliced.tiles"
+    assert cli(["compile", "digits", "--fp-layers", "bitsliced", "-o", bitsliced]) == 0
+    return {
+        "digits": d / "digits.tiles",
+        "vgg": d / "vgg.tiles",
+        "digits-zero": d / "zero.tiles",
+        "digits-bitsliced": bitsliced,
+    }
 
 
-def _run(
-    tiles: Path, images: list[str], extra: list[str], batch: int, capsys
-) -> tuple[str, list[int]]:
+def _run(tiles: Path, images: list[str], extra: list[str], batch: int, capsys) -> dict:  # type: ignore[type-arg]
+    """Everything ``simulate --json`` reports but the timings."""
     argv = ["simulate", tiles, *images, "-T", "8", "--json", "--no-ann", "--batch", str(batch)]
     out, _ = ok([*argv, *extra], capsys)
     r = json.loads(out)
+    return {k: v for k, v in r.items() if k not in ("seconds", "image_timesteps_per_second")}
+
+
+def _spikes(r: dict) -> tuple[str, list[int]]:  # type: ignore[type-arg]
     return r["spike_digest"], r["predictions"]
-
-
-def _images(model: str, zoo_data: Path) -> list[str]:
-    """16 images: the digits test split, or the zoo VGG's own random images."""
-    own = [] if model == "digits" else ["--images", str(zoo_data / "vgg_small.npz")]
-    return [*own, "--limit", "16"]
 
 
 @pytest.mark.parametrize("model", ["digits", "vgg"])
@@ -72,7 +80,7 @@ def test_rram_results_do_not_depend_on_the_batch_size(
     )
     extra = ["--backend", "rram", *NONIDEAL[case]]
     runs = {b: _run(artifacts[model], images, extra, b, capsys) for b in (1, 7, 128)}
-    assert runs[1] == runs[7] == runs[128]
+    assert runs[1] == runs[7] == runs[128]  # spikes, and every count, cycle and energy figure
 
 
 @pytest.mark.parametrize("model", ["digits", "vgg"])
@@ -87,7 +95,9 @@ def test_numpy_results_do_not_depend_on_the_batch_size(
     runs = {b: _run(artifacts[model], images, [], b, capsys) for b in (1, 7, 128)}
     assert runs[1] == runs[7] == runs[128]
     # and the numpy reference equals the ideal crossbar
-    assert runs[1] == _run(artifacts[model], images, ["--backend", "rram"], 5, capsys)
+    assert _spikes(runs[1]) == _spikes(
+        _run(artifacts[model], images, ["--backend", "rram"], 5, capsys)
+    )
 
 
 def test_one_image_that_does_not_fit_runs_in_time_windows(
@@ -103,19 +113,84 @@ def test_one_image_that_does_not_fit_runs_in_time_windows(
     assert {k: a[k] for k in keep} == {k: b[k] for k in keep}
 
 
-def test_rram_image_that_does_not_fit_is_refused_with_the_need(
+def test_rram_image_that_does_not_fit_runs_in_time_windows(
     artifacts: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The tile simulator chunks images, not timesteps: one image that cannot fit is refused
-    up front with the memory it would take."""
-    fails(
-        ["simulate", artifacts["digits"], "--backend", "rram", "-T", "100000",
-         "--max-memory", "256M", "--limit", "1"],
-        capsys,
-        "one image at T=100000 needs about",
-        "MiB",
-        "--max-memory",
-    )  # fmt: skip
+    """The tile simulator honours --max-memory along T too: the same spikes, predictions and
+    every counter, cycle and energy figure, with early exit. The windows are planned with the
+    event counts' memory per step; one step that cannot fit is refused up front with the
+    memory it would take."""
+    argv = ["simulate", artifacts["digits"], "--backend", "rram", "-T", "600", "--limit", "3",
+            "--no-ann", "--json", "--early-exit", "40"]  # fmt: skip
+    whole, _ = ok(argv, capsys)
+    windowed, _ = ok([*argv, "--max-memory", "16M"], capsys)
+    a, b = json.loads(whole), json.loads(windowed)
+    for k in ("seconds", "image_timesteps_per_second"):
+        a.pop(k), b.pop(k)
+    assert a == b
+    assert 1 < a["mean_exit_step"] < 600
+    g = read_artifact(artifacts["digits"]).graph
+    per_step = sim_events(artifacts["digits"])
+    images, window = plan(g, 600, 64, 16 << 20, per_step)
+    assert images == 1 and 1 < window < 600  # so the run above took several windows
+    assert 1 < plan(g, 600, 64, 16 << 20, 2 * per_step)[1] < window
+    with pytest.raises(BsnncError, match=r"one image at T=1 needs about [\d,]+ MiB"):
+        plan(g, 600, 64, 16 << 20, per_step=32 << 20)
+
+
+def assert_same_trace(a: SnnTrace, b: SnnTrace) -> None:
+    """Every recorded number of two traces is the same, bit for bit."""
+    np.testing.assert_array_equal(a.final, b.final)
+    for field in ("spikes", "per_neuron", "layer_input"):
+        x, y = getattr(a, field), getattr(b, field)
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=f"{field}[{k}]")
+
+
+def sim_events(tiles: Path) -> int:
+    """The tile simulator's event memory per step and image for artifact ``tiles``."""
+    return TileSimulator(read_artifact(tiles), str(tiles)).bytes_per_step()
+
+
+@pytest.mark.parametrize("early", [False, True])
+@pytest.mark.parametrize("window", [1, 5])
+@pytest.mark.parametrize("model", ["digits", "vgg", "digits-zero", "digits-bitsliced"])
+def test_tile_simulator_time_windows_change_no_bit(
+    model: str,
+    window: int,
+    early: bool,
+    artifacts: dict[str, Path],
+    zoo_data: Path,
+) -> None:
+    """The tile simulator in windows: membranes, the readout and the ``once`` block's values
+    carry over, events are added at their steps, and an image that exits in one window adds
+    nothing in the next: traces and every counter equal the single-window run's."""
+    art = read_artifact(artifacts[model])
+    x = np.load(zoo_data / "vgg_small.npz")["x"][:6] if model == "vgg" else DIGITS[:6]
+    early_exit = None
+    if early:  # a threshold that about half the images cross by step 8
+        final = SnnRuntime(art.graph).run(x, 16).final
+        early_exit = float(np.median(final[7].max(axis=1)))
+    runs = []
+    for w in (None, window):
+        counters = Counters.zeros(16)
+        sim = TileSimulator(art, str(artifacts[model]))
+        runs.append((sim.run(x, 16, counters, early_exit, w), counters))
+    (whole, c1), (part, c2) = runs
+    assert_same_trace(part, whole)
+    for name in COUNT_NAMES:
+        np.testing.assert_array_equal(getattr(c2, name), getattr(c1, name), err_msg=name)
+    for field in ("layer_cycles", "layer_rows"):
+        a, b = getattr(c1, field), getattr(c2, field)
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(b[k], a[k], err_msg=f"{field}[{k}]")
+    if early_exit is not None:  # some images exit early, so masking across windows is tested
+        steps = exit_steps(whole.final, early_exit)
+        assert (steps < 16).any()
+        if (steps < 16).all():  # nothing is counted after the last exit
+            assert c1.reads_issued[int(steps.max()) :].sum() == 0 < c1.reads_issued.sum()
 
 
 @pytest.mark.parametrize("window", [1, 5, 16])
@@ -129,9 +204,4 @@ def test_time_windows_change_no_bit(
     x = np.load(zoo_data / "vgg_small.npz")["x"][:6] if model == "vgg" else DIGITS[:6]
     whole = SnnRuntime(g).run(x, 16)
     part = SnnRuntime(g).run(x, 16, window)
-    np.testing.assert_array_equal(part.final, whole.final)
-    for field in ("spikes", "per_neuron", "layer_input"):
-        a, b = getattr(whole, field), getattr(part, field)
-        assert a.keys() == b.keys()
-        for k in a:
-            np.testing.assert_array_equal(b[k], a[k])
+    assert_same_trace(part, whole)

@@ -25,6 +25,19 @@ import numpy as np
 from bsnnc.backends.rram.hw import HwConfig
 from bsnnc.ir.errors import ArtifactError, BsnncError
 
+#: the event counts kept per timestep (fields of :class:`Counters`)
+COUNT_NAMES = (
+    "row_activations",
+    "reads_issued",
+    "reads_skipped",
+    "conversions",
+    "psum_adds",
+    "neuron_updates",
+    "spike_packets",
+    "packet_hops",
+    "cell_reads",
+)
+
 
 @dataclass
 class Counters:
@@ -47,31 +60,38 @@ class Counters:
 
     @staticmethod
     def zeros(T: int) -> Counters:
-        def z() -> np.ndarray:
-            return np.zeros(T, np.int64)
+        zeros: dict[str, Any] = {name: np.zeros(T, np.int64) for name in COUNT_NAMES}
+        return Counters(T, **zeros)
 
-        return Counters(T, z(), z(), z(), z(), z(), z(), z(), z(), z())
+    def add_layer_cycles(self, layer: str, cycles: np.ndarray, t0: int = 0) -> None:
+        """Adds a layer's busiest-array cycles for the steps t0+1 .. t0+len(cycles)."""
+        _add_at(self.layer_cycles, layer, self.T, t0, cycles)
 
-    def add_layer_cycles(self, layer: str, cycles: np.ndarray) -> None:
-        self.layer_cycles[layer] = self.layer_cycles.get(layer, np.zeros(self.T, np.int64)) + cycles
-
-    def absorb(self, ev: Events, steps: np.ndarray) -> None:
-        """Adds one chunk's events, each image's only for the timesteps before it exits
-        (``steps`` is 1-based; T when the image ran the whole window)."""
-        active = (np.arange(1, self.T + 1)[:, None] <= steps[None, :]).astype(np.int64)
+    def absorb(self, ev: Events, steps: np.ndarray, t0: int = 0) -> None:
+        """Adds the events of one chunk over the steps t0+1 .. t0+ev.T (a time window; the
+        whole run when t0 = 0 and ev.T = T), each image's only for the steps before it exits
+        (``steps``: its 1-based exit step, T when it runs to the end)."""
+        at = np.arange(t0 + 1, t0 + ev.T + 1)[:, None]
+        active = (at <= steps[None, :]).astype(np.int64)
         for name, per_image in ev.counts.items():
             total = getattr(self, name)
-            total += (per_image * active).sum(axis=1)
+            total[t0 : t0 + ev.T] += (per_image * active).sum(axis=1)
         for layer, per_image in ev.rows.items():
-            add = (per_image * active).sum(axis=1)
-            self.layer_rows[layer] = self.layer_rows.get(layer, np.zeros(self.T, np.int64)) + add
+            _add_at(self.layer_rows, layer, self.T, t0, (per_image * active).sum(axis=1))
         stages: dict[str, np.ndarray] = {}
         for (layer, _block, _copy), busy in sorted(ev.busy.items()):
-            # copies and row blocks work in parallel: the busiest one sets the time
-            stage = (busy * active).sum(axis=1)
-            stages[layer] = np.maximum(stages.get(layer, np.zeros(self.T, np.int64)), stage)
+            # copies and row blocks work in parallel: the busiest one sets each image's time
+            # (per image and step, so that the sum over images does not depend on chunking)
+            stage = np.broadcast_to(busy * active, active.shape)
+            stages[layer] = np.maximum(stages.get(layer, np.zeros_like(active)), stage)
         for layer, stage in stages.items():
-            self.add_layer_cycles(layer, stage)
+            self.add_layer_cycles(layer, stage.sum(axis=1), t0)
+
+
+def _add_at(into: dict[str, np.ndarray], key: str, T: int, t0: int, values: np.ndarray) -> None:
+    """``into[key][t0 : t0 + len(values)] += values`` (a zero [T] vector when missing)."""
+    total = into.setdefault(key, np.zeros(T, np.int64))
+    total[t0 : t0 + len(values)] += values
 
 
 @dataclass

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from bsnnc.backends.rram.cost import Counters, cycles
+from bsnnc.backends.rram.cost import COUNT_NAMES, Counters, cycles
 from bsnnc.backends.rram.energy import energy_report
 from bsnnc.backends.rram.sim import TileSimulator
 from bsnnc.ir.graph import Graph
@@ -19,20 +19,7 @@ def rram_report(
     """The tile simulator's numbers: events per inference (averaged over images, up to each
     image's exit step under early exit),
     cycles of the pipeline model, and the mapping's arrays, bounds and utilization."""
-    per = {
-        k: float(getattr(c, k).sum()) / images
-        for k in (
-            "row_activations",
-            "reads_issued",
-            "reads_skipped",
-            "conversions",
-            "psum_adds",
-            "neuron_updates",
-            "spike_packets",
-            "packet_hops",
-            "cell_reads",
-        )
-    }
+    per = {k: float(getattr(c, k).sum()) / images for k in COUNT_NAMES}
     cyc = cycles(c, images)
     mapping = sim.mapping.raw if sim.mapping is not None else {}
     keep = ("arrays", "arrays_bound_per_layer", "arrays_bound_global", "utilization", "bnn_arrays")

@@ -12,8 +12,9 @@ bit-sliced full-precision layer's ``mvm`` counts the events of its slices (see
 predictions therefore equal the numpy SNN reference bit for bit, which the tests check.
 
 Like the reference, each instruction is executed for all T timesteps of a chunk of images at
-once: within a timestep the program order is a topological order and only neuron membranes
-carry state across steps, so this equals looping ``loop timestep`` T times.
+once (or for a window of steps, when one image over T steps does not fit the memory budget):
+within a timestep the program order is a topological order and only neuron membranes (and the
+readout) carry state across steps, so this equals looping ``loop timestep`` T times.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from bsnnc.backends.rram.cost import Counters, Events, check_hw
+from bsnnc.backends.rram.cost import COUNT_NAMES, Counters, Events, check_hw
 from bsnnc.backends.rram.emit import load_program
 from bsnnc.backends.rram.hw import HwConfig, load_hw
 from bsnnc.backends.rram.mapping import FP_BITS, input_bits
@@ -41,7 +42,16 @@ from bsnnc.runtime.ann import last_uses
 from bsnnc.runtime.artifact import Artifact
 from bsnnc.runtime.intkernels import BlockedSpikeMatMul
 from bsnnc.runtime.simulate import exit_steps
-from bsnnc.runtime.snn import SnnTrace, Value, digital, if_scan, readout, record_spikes
+from bsnnc.runtime.snn import (
+    SnnTrace,
+    Value,
+    WindowState,
+    digital,
+    if_scan,
+    readout,
+    record_spikes,
+    run_in_windows,
+)
 
 
 def _im2col(s: np.ndarray, n: Node, kh: int, kw: int) -> tuple[np.ndarray, int, int]:
@@ -193,18 +203,73 @@ class TileSimulator:
         return BlockedSpikeMatMul(w, self._row_bounds(layer), self.nonideal.clip)
 
     def run(
-        self, x: np.ndarray, T: int, counters: Counters, early_exit: float | None = None
+        self,
+        x: np.ndarray,
+        T: int,
+        counters: Counters,
+        early_exit: float | None = None,
+        window: int | None = None,
     ) -> SnnTrace:
-        """Simulate T timesteps on images ``x``; adds the events to ``counters`` — with
-        ``early_exit``, each image's only up to its exit step (as the hardware would stop)."""
-        env: dict[str, Value] = {}
+        """Simulate T timesteps on images ``x``, ``window`` steps at a time (all at once when
+        None; membranes, the readout and the ``once`` block's values carry over, so windows
+        change no bit); adds the events to ``counters`` — with ``early_exit``, each image's
+        only up to its exit step (as the hardware would stop)."""
+        #: per image, the 1-based step it exited at in an earlier window (0: still running)
+        exited = np.zeros(x.shape[0], np.int64)
+
+        def run_window(t0: int, steps: int, state: WindowState) -> SnnTrace:
+            trace, ev = self._window(x, t0, steps, state)
+            counters.absorb(ev, self._exits(trace.final, early_exit, t0, T, exited), t0)
+            return trace
+
+        return run_in_windows(T, window, run_window)
+
+    @staticmethod
+    def _exits(
+        final: np.ndarray, early_exit: float | None, t0: int, T: int, exited: np.ndarray
+    ) -> np.ndarray:
+        """Each image's 1-based exit step as far as steps ≤ t0 + len(final) tell (T when it
+        has not crossed yet: exiting depends only on the steps up to the crossing); records
+        new exits in ``exited``."""
+        if early_exit is None:
+            return np.full(final.shape[1], T, np.int64)
+        crossed = (final.max(axis=2) > early_exit).any(axis=0)
+        now = np.where(crossed, t0 + exit_steps(final, early_exit), T)
+        steps = np.where(exited > 0, exited, now)
+        exited[:] = np.where(steps < T, steps, exited)
+        return np.asarray(steps, np.int64)
+
+    def bytes_per_step(self) -> int:
+        """Bytes one image adds per timestep besides the reference's values (what sizes the
+        chunks and time windows): its event counts (int64 per count, layer and (layer, row
+        block, copy)), and per crossbar layer with P output positions, B row blocks and
+        N·P outputs the kernel's driven-row counts (P·B, int32 then int64) and partial sums
+        (N·P, int32 and float32)."""
+        busy = sum(len(rb) * self.copies.get(k, 1) for k, rb in self.row_blocks.items())
+        sends = sum(1 for s in self.program.body if s.op == "send")
+        events = 8 * (len(COUNT_NAMES) + len(self.row_blocks) + busy + sends)
+        kernels = 0
+        for layer, blocks in self.row_blocks.items():
+            t = self.nodes[layer].type
+            positions = int(t.shape[2] or 1) * int(t.shape[3] or 1) if t.rank == 4 else 1
+            kernels += 12 * positions * len(blocks) + 8 * t.numel_per_sample()
+        return events + kernels
+
+    def _window(
+        self, x: np.ndarray, t0: int, T: int, state: WindowState
+    ) -> tuple[SnnTrace, Events]:
+        """Steps t0+1 .. t0+T: the ``once`` block runs in the first window only (its values
+        are kept in ``state``), the body in every window."""
         trace = SnnTrace(final=np.zeros(0))
         ev = Events(T, x.shape[0])
         last = last_uses(self.g)
         order = {n.result: i for i, n in enumerate(self.g.nodes)}
-        inp = self.g.inputs()[0].result
-        env[inp] = Value(np.ascontiguousarray(x, np.float32), True)
+        env: dict[str, Value] = dict(state.static)
+        if t0 == 0:
+            env[self.g.inputs()[0].result] = Value(np.ascontiguousarray(x, np.float32), True)
         for once, block in ((True, self.program.once), (False, self.program.body)):
+            if once and t0 > 0:
+                continue
             ev.once = once  # the once block's events happen at the first step only
             for s in block:
                 if s.op == "barrier":
@@ -216,16 +281,26 @@ class TileSimulator:
                     self._count_send(s, env, ev)
                     continue
                 result = Instruction.of(s).result
-                env[result] = self._execute(s, result, env, T, trace, ev)
+                env[result] = self._execute(s, result, env, T, trace, ev, state, t0)
                 for v in last.get(order[result], []):
                     if v != result:
                         env.pop(v, None)
+            if once:
+                state.static = dict(env)
         trace.final = env[self.g.outputs[0]].data
-        counters.absorb(ev, exit_steps(trace.final, early_exit))
-        return trace
+        state.readout = trace.final[-1]
+        return trace, ev
 
     def _execute(
-        self, s: Stmt, result: str, env: dict[str, Value], T: int, trace: SnnTrace, ev: Events
+        self,
+        s: Stmt,
+        result: str,
+        env: dict[str, Value],
+        T: int,
+        trace: SnnTrace,
+        ev: Events,
+        state: WindowState,
+        t0: int,
     ) -> Value:
         n = self.nodes[result]
         src = env[n.value_operands()[0]]
@@ -236,12 +311,14 @@ class TileSimulator:
                 if isinstance(theta, float)
                 else theta.reshape(1, -1, *([1] * (n.type.rank - 2)))
             )
-            spikes = if_scan(src, th, reset, T)
+            shape = src.data.shape if src.static else src.data.shape[1:]
+            v = state.membranes.setdefault(result, np.zeros(shape, np.float64))
+            spikes = if_scan(src, th, reset, T, v)
             record_spikes(trace, result, spikes)
             ev.add("neuron_updates", n.type.numel_per_sample())
             return Value(spikes, False)
         if s.op == "readout":
-            return readout(src, T)
+            return readout(src, T, t0, state.readout)
         if s.op == "mvm" and result in self.kernels:
             return self._mvm(n, src, T, trace, ev)
         if s.op == "mvm":
