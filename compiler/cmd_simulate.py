@@ -266,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
     from bsnnc.backends.rram.sim import TileSimulator
     from bsnnc.runtime.simulate import (
         ann_accuracy,
+        chunk_size,
         conversion_summary,
         metrics,
         plan,
@@ -313,7 +314,8 @@ def run(args: argparse.Namespace) -> int:
         )
     seconds = time.perf_counter() - t0
     out = metrics(g, images, chunks, T, args.early_exit)
-    ann = None if args.no_ann else ann_accuracy(g, images)[0]
+    ann_batch = chunk_size(g, 1, args.batch, args.max_memory)
+    ann = None if args.no_ann else ann_accuracy(g, images, ann_batch)[0]
     conversion_summary(out, ann)
     out.update(
         {

@@ -16,7 +16,9 @@ from bsnnc.runtime import kernels as K
 from bsnnc.runtime.datasets import Images, embedded_file, load_images
 from bsnnc.runtime.intkernels import SpikeConv, SpikeDense
 from bsnnc.runtime.simulate import (
+    WORKING_SET,
     ann_accuracy,
+    bytes_per_image,
     chunk_size,
     conversion_summary,
     exit_steps,
@@ -142,7 +144,9 @@ def test_zoo_converts_and_simulates(name: str, reset: str, zoo_data: Path) -> No
 
 
 def test_chunk_size_respects_memory_bound(digits_graph: Graph) -> None:
-    assert chunk_size(digits_graph, 64, 128, 1 << 40) == 128
+    need = bytes_per_image(digits_graph, 64)
+    assert chunk_size(digits_graph, 64, 128, 1 << 40) == min(128, WORKING_SET // need)
+    assert chunk_size(digits_graph, 1, 128, 1 << 40) == 128  # one step: 128 images fit
     small = chunk_size(digits_graph, 64, 128, 4 << 20)
     assert 1 <= small < 128
     assert chunk_size(digits_graph, 64, 128, 1) == 1
