@@ -314,8 +314,9 @@ def run(args: argparse.Namespace) -> int:
         )
     seconds = time.perf_counter() - t0
     out = metrics(g, images, chunks, T, args.early_exit)
-    ann_batch = chunk_size(g, 1, args.batch, args.max_memory)
-    ann = None if args.no_ann else ann_accuracy(g, images, ann_batch)[0]
+    ann = None
+    if not args.no_ann:  # one step per image, in chunks of the same budget
+        ann = ann_accuracy(g, images, chunk_size(g, 1, args.batch, args.max_memory))[0]
     conversion_summary(out, ann)
     out.update(
         {

@@ -109,6 +109,8 @@ class SnnRuntime:
         if not any(n.op == "readout" for n in g.nodes):
             raise BsnncError("the graph has no readout: compile it with the default pipeline")
         self.g = g
+        #: per node index, the values it uses last (freed after it)
+        self._last = last_uses(g)
         self._fast: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
         for n in g.nodes:
             if is_binary_layer(g, n):
@@ -133,13 +135,12 @@ class SnnRuntime:
     def _window(self, x: np.ndarray, t0: int, T: int, state: WindowState) -> SnnTrace:
         env: dict[str, Value] = {}
         trace = SnnTrace(final=np.zeros(0))
-        last = last_uses(self.g)
         for i, n in enumerate(self.g.nodes):
             cached = state.static.get(n.result)
             env[n.result] = cached or self._node(n, env, x, T, trace, t0, state)
             if env[n.result].static:
                 state.static[n.result] = env[n.result]
-            for v in last.get(i, []):
+            for v in self._last.get(i, []):
                 env.pop(v, None)
         trace.final = env[self.g.outputs[0]].data
         state.readout = trace.final[-1]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,7 +53,9 @@ def artifacts(zoo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     }
 
 
-def _run(tiles: Path, images: list[str], extra: list[str], batch: int, capsys) -> dict:  # type: ignore[type-arg]
+def _run(
+    tiles: Path, images: list[str], extra: list[str], batch: int, capsys: pytest.CaptureFixture[str]
+) -> dict[str, Any]:
     """Everything ``simulate --json`` reports but the timings."""
     argv = ["simulate", tiles, *images, "-T", "8", "--json", "--no-ann", "--batch", str(batch)]
     out, _ = ok([*argv, *extra], capsys)
@@ -60,7 +63,7 @@ def _run(tiles: Path, images: list[str], extra: list[str], batch: int, capsys) -
     return {k: v for k, v in r.items() if k not in ("seconds", "image_timesteps_per_second")}
 
 
-def _spikes(r: dict) -> tuple[str, list[int]]:  # type: ignore[type-arg]
+def _spikes(r: dict[str, Any]) -> tuple[str, list[int]]:
     return r["spike_digest"], r["predictions"]
 
 

@@ -159,6 +159,9 @@ class TileSimulator:
         self.row_blocks = {layer: self._row_block_geometry(layer) for layer in self.blocks}
         self.weights = {k[1:-2]: self._unpack(k) for k in self.arrays if k.endswith(".w")}
         self.kernels = {layer: self._row_block_kernels(layer) for layer in self.weights}
+        #: per node index, the values it uses last (freed after it), and each result's index
+        self._last = last_uses(self.g)
+        self._order = {n.result: i for i, n in enumerate(self.g.nodes)}
 
     def _declare(self, s: Stmt) -> None:
         if s.op == "block":
@@ -262,8 +265,6 @@ class TileSimulator:
         are kept in ``state``), the body in every window."""
         trace = SnnTrace(final=np.zeros(0))
         ev = Events(T, x.shape[0])
-        last = last_uses(self.g)
-        order = {n.result: i for i, n in enumerate(self.g.nodes)}
         env: dict[str, Value] = dict(state.static)
         if t0 == 0:
             env[self.g.inputs()[0].result] = Value(np.ascontiguousarray(x, np.float32), True)
@@ -282,7 +283,7 @@ class TileSimulator:
                     continue
                 result = Instruction.of(s).result
                 env[result] = self._execute(s, result, env, T, trace, ev, state, t0)
-                for v in last.get(order[result], []):
+                for v in self._last.get(self._order[result], []):
                     if v != result:
                         env.pop(v, None)
             if once:
