@@ -1,9 +1,8 @@
-"""Exact products of 0/1 spikes with ±1 weights, computed by onnxruntime.
-
-Every binary layer's product is an exact integer: float32 GEMM/convolution is exact for it
-(each partial sum is an integer far below 2^24), and so is onnxruntime's MatMulInteger
-(uint8 × int8 → int32). One small ONNX session per layer, built once and reused for every
-batch and every timestep.
+"""Blocked products of 0/1 spikes with crossbar cells, computed by onnxruntime: the tile
+simulator's kernel for perturbed conductances (float64 on a dyadic grid, so every sum is
+exact), and a second implementation of the ±1 case that the bit-packed kernels
+(:mod:`bsnnc.runtime.bitkernels`) are tested against. One small ONNX session per layer, built
+once and reused for every batch and every timestep.
 """
 
 from __future__ import annotations
@@ -30,48 +29,6 @@ def _session(
     # many small sessions share 2 cores: idle pool threads must sleep, not spin
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
-class SpikeConv:
-    """``conv2d(spikes, ±1)`` over a [B, C, H, W] uint8 batch → float32 exact integers."""
-
-    def __init__(
-        self,
-        w: np.ndarray,
-        stride: tuple[int, int],
-        pad: tuple[int, int, int, int],
-        dilation: tuple[int, int],
-    ) -> None:
-        nodes = [
-            helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
-            helper.make_node(
-                "Conv",
-                ["xf", "w"],
-                ["y"],
-                strides=list(stride),
-                pads=list(pad),
-                dilations=list(dilation),
-            ),
-        ]
-        inits = [numpy_helper.from_array(w.astype(np.float32), "w")]
-        self.sess = _session(nodes, inits, [("y", TensorProto.FLOAT)])
-
-    def __call__(self, s: np.ndarray) -> np.ndarray:
-        out: np.ndarray = self.sess.run(None, {"x": np.ascontiguousarray(s, dtype=np.uint8)})[0]
-        return out
-
-
-class SpikeDense:
-    """``spikes [B, K] · Wᵀ`` with W [N, K] ±1, via MatMulInteger (uint8 × int8 → int32)."""
-
-    def __init__(self, w: np.ndarray) -> None:
-        nodes = [helper.make_node("MatMulInteger", ["x", "w"], ["y"])]
-        inits = [numpy_helper.from_array(np.ascontiguousarray(w.T.astype(np.int8)), "w")]
-        self.sess = _session(nodes, inits, [("y", TensorProto.INT32)])
-
-    def __call__(self, s: np.ndarray) -> np.ndarray:
-        out: np.ndarray = self.sess.run(None, {"x": np.ascontiguousarray(s, dtype=np.uint8)})[0]
-        return out.astype(np.float32)
 
 
 class BlockedSpikeMatMul:

@@ -53,14 +53,14 @@ class Chunks:
 #: the most a chunk of images should hold: beyond it larger chunks run no faster (measured
 #: 2026-12-02: digits at --batch 4 ran 1.3× faster than at 64, VGG-15 alike at 1 and 16) and
 #: only cost memory
-WORKING_SET = 64 << 20
+WORKING_SET = 8 << 20
 
 
 def step_bytes(g: Graph) -> int:
     """Bytes one image needs for one timestep at the busiest node: its input and output (4
-    bytes per value) plus, for a weighted layer, its patch matrix — positions × kh·kw·C values,
-    4 bytes for a binary layer, 16 for a full-precision one (float64 patches of a float64 copy
-    of the input)."""
+    bytes per value) plus, for a full-precision weighted layer, its patch matrix — positions ×
+    kh·kw·C values, 16 bytes each (float64 patches of a float64 copy of the input); a binary
+    layer's bit-packed input adds 1 bit per input value (rounded up: 1 byte)."""
     nodes = g.node_map()
     peak = 0
     for n in g.nodes:
@@ -72,7 +72,7 @@ def step_bytes(g: Graph) -> int:
             w = g.constants[n.const_operands()[0]].type.shape
             k = int(np.prod([int(d or 1) for d in w[1:]]))
             positions = out // max(int(w[0] or 1), 1)
-            scratch = positions * k * (4 if is_binary_layer(g, n) else 16)
+            scratch = x if is_binary_layer(g, n) else positions * k * 16
         peak = max(peak, 4 * (x + out) + scratch)
     return peak
 

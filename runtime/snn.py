@@ -13,10 +13,12 @@ batch of images at once (one large product over T·N inputs), then the IF scan o
 cheap elementwise loop. Values that do not change over time (the input and everything computed
 from it before the first IF: the first layer's current) are computed once, in float64 with a
 fixed summation order (:func:`bsnnc.runtime.kernels.matmul_fixed_order`), so they do not
-depend on the CPU or the batch size. Products of spikes
-with ±1 weights are exact integers (:mod:`bsnnc.runtime.intkernels`); full-precision products
-of spikes are computed in float64, which is exact for 0/1 inputs and so independent of the
-summation order. The images are processed in chunks that fit ``max_memory``.
+depend on the CPU or the batch size. Products of spikes with ±1 weights are exact integers,
+computed by AND-popcount over bit-packed words, and the IF scan is one fused pass per layer
+(:mod:`bsnnc.runtime.bitkernels`: the same float64 operations as :func:`if_scan`, which stays
+the definition); full-precision products of spikes are computed in float64, which is exact for
+0/1 inputs and so independent of the summation order. The images are processed in chunks that
+fit ``max_memory``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from bsnnc.ir.ops import Trait, has_trait, is_binary_layer
 from bsnnc.ir.verifier import verify_spiking
 from bsnnc.runtime import kernels as K
 from bsnnc.runtime.ann import ANN_KERNELS, last_uses
-from bsnnc.runtime.intkernels import SpikeConv, SpikeDense
+from bsnnc.runtime.threads import blas_single_threaded
 
 
 @dataclass
@@ -117,12 +119,14 @@ class SnnRuntime:
                 self._fast[n.result] = self._fast_kernel(n)
 
     def _fast_kernel(self, n: Node) -> Callable[[np.ndarray], np.ndarray]:
+        from bsnnc.runtime.bitkernels import PackedConv, PackedDense
+
         w = self.g.constants[n.const_operands()[0]].array()
         if n.op == "dense":
-            return SpikeDense(w)
+            return PackedDense(w)
         pad = attr_ints(n.attrs, "pad")
         stride, dil = attr_ints(n.attrs, "stride"), attr_ints(n.attrs, "dilation")
-        return SpikeConv(
+        return PackedConv(
             w, (stride[0], stride[1]), (pad[0], pad[1], pad[2], pad[3]), (dil[0], dil[1])
         )
 
@@ -177,21 +181,26 @@ class SnnRuntime:
         trace: SnnTrace,
         state: WindowState,
     ) -> Value:
-        theta: np.ndarray | float = attr_float(n.attrs, "theta")
-        if consts:
-            rank = z.data.ndim if z.static else z.data.ndim - 1
-            theta = theta * K.channel_broadcast(
-                consts[0].astype(np.float64), rank, attr_int(n.attrs, "axis")
-            )
+        from bsnnc.runtime.bitkernels import if_scan_fast
+
+        theta = np.array([attr_float(n.attrs, "theta")], np.float64)
         shape = z.data.shape if z.static else z.data.shape[1:]
+        inner = 1
+        if consts:  # θ per channel along ``axis`` of one step's shape
+            theta = theta * consts[0].astype(np.float64)
+            inner = int(np.prod(shape[attr_int(n.attrs, "axis") + 1 :]))
         v = state.membranes.setdefault(n.result, np.zeros(shape, np.float64))
-        s = if_scan(z, theta, str(n.attrs["reset"]), T, v)
-        record_spikes(trace, n.result, s)
+        subtract = str(n.attrs["reset"]) == "subtract"
+        s, trace.spikes[n.result], trace.per_neuron[n.result] = if_scan_fast(
+            z.data, z.static, theta, inner, subtract, T, v
+        )
         return Value(s, False)
 
     def _binary(self, n: Node, s: Value, T: int, trace: SnnTrace) -> Value:
         data = s.data
-        trace.layer_input[n.result] = data.reshape(T, data.shape[1], -1).sum(axis=2, dtype=np.int64)
+        from bsnnc.runtime.bitkernels import spike_counts
+
+        trace.layer_input[n.result] = spike_counts(data)[0]
         flat = data.reshape(T * data.shape[1], *data.shape[2:])
         y = self._fast[n.result](flat)
         return Value(y.reshape(T, data.shape[1], *y.shape[1:]), False)
@@ -202,22 +211,17 @@ def run_in_windows(
 ) -> SnnTrace:
     """Runs steps 1..T as consecutive windows of ``window`` steps (one window when None):
     ``run_window(t0, steps, state)`` simulates steps t0+1 .. t0+steps, continuing from
-    ``state``; the windows' traces are concatenated along time."""
+    ``state``; the windows' traces are concatenated along time. BLAS runs on one thread
+    meanwhile (:mod:`bsnnc.runtime.threads`)."""
     w = T if window is None else max(1, min(window, T))
     state = WindowState()
     merged: SnnTrace | None = None
-    for t0 in range(0, T, w):
-        part = run_window(t0, min(w, T - t0), state)
-        merged = part if merged is None else merge_traces(merged, part)
+    with blas_single_threaded():  # the compiled kernels use every core
+        for t0 in range(0, T, w):
+            part = run_window(t0, min(w, T - t0), state)
+            merged = part if merged is None else merge_traces(merged, part)
     assert merged is not None
     return merged
-
-
-def record_spikes(trace: SnnTrace, layer: str, spikes: np.ndarray) -> None:
-    """Spikes [T, N, ...] of an IF layer: per step and image, and per neuron over the window."""
-    T, N = spikes.shape[0], spikes.shape[1]
-    trace.spikes[layer] = spikes.reshape(T, N, -1).sum(axis=2, dtype=np.int64)
-    trace.per_neuron[layer] = spikes.sum(axis=0, dtype=np.int32).reshape(N, -1)
 
 
 def readout(z: Value, T: int, t0: int = 0, last: np.ndarray | None = None) -> Value:
@@ -257,9 +261,22 @@ def digital(n: Node, x: Value, consts: list[np.ndarray], T: int) -> Value:
             if n.op == "dense"
             else _conv64(flat.astype(np.float64), w, n)
         )
+    elif n.op == "avgpool" and flat.dtype != np.float64:
+        y = _avgpool32(flat, n)
     else:
         y = ANN_KERNELS[n.op]([flat, *consts], n.attrs)
     return Value(y.reshape(T, x.data.shape[1], *y.shape[1:]), False)
+
+
+def _avgpool32(x: np.ndarray, n: Node) -> np.ndarray:
+    """The float32 average pool of the reference kernels, in one compiled pass."""
+    from bsnnc.runtime.bitkernels import avgpool_fast
+
+    k, st, p = attr_ints(n.attrs, "kernel"), attr_ints(n.attrs, "stride"), attr_ints(n.attrs, "pad")
+    return avgpool_fast(
+        x, (k[0], k[1]), (st[0], st[1]), (p[0], p[1], p[2], p[3]),
+        bool(n.attrs["ceil_mode"]), bool(n.attrs["count_include_pad"]),
+    )  # fmt: skip
 
 
 def _conv64(x: np.ndarray, w: np.ndarray, n: Node, fixed_order: bool = False) -> np.ndarray:

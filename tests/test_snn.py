@@ -12,9 +12,7 @@ import pytest
 from bsnnc.compiler.frontend.importer import import_onnx
 from bsnnc.compiler.passes import PassOptions, run_pipeline
 from bsnnc.ir.graph import Graph
-from bsnnc.runtime import kernels as K
 from bsnnc.runtime.datasets import Images, embedded_file, load_images
-from bsnnc.runtime.intkernels import SpikeConv, SpikeDense
 from bsnnc.runtime.simulate import (
     WORKING_SET,
     ann_accuracy,
@@ -64,18 +62,6 @@ def test_if_per_channel_threshold_and_time_varying_input() -> None:
     s = if_scan(Value(z, False), theta, "subtract", 4)
     np.testing.assert_array_equal(s[:, 0, 0, 0, 0], [1, 0, 1, 1])
     np.testing.assert_array_equal(s[:, 0, 1, 0, 0], [1, 1, 1, 1])
-
-
-def test_spike_kernels_are_exact() -> None:
-    rng = np.random.default_rng(0)
-    s = (rng.random((10, 5, 7, 7)) < 0.3).astype(np.uint8)
-    w = np.where(rng.random((6, 5, 3, 3)) < 0.5, 1, -1).astype(np.int8)
-    conv = SpikeConv(w, (2, 1), (1, 0, 2, 1), (1, 2))
-    ref = K.conv2d(s.astype(np.float64), w.astype(np.float64), (2, 1), (1, 0, 2, 1), (1, 2))
-    np.testing.assert_array_equal(conv(s), ref)
-    d = (rng.random((9, 40)) < 0.5).astype(np.uint8)
-    wd = np.where(rng.random((7, 40)) < 0.5, 1, -1).astype(np.int8)
-    np.testing.assert_array_equal(SpikeDense(wd)(d), d.astype(np.int64) @ wd.T.astype(np.int64))
 
 
 def test_digits_snn_within_one_point_of_ann_at_64_steps(digits_graph: Graph) -> None:

@@ -1,10 +1,12 @@
 """The tile simulator: executes an artifact's tile program on the RRAM accelerator model,
 counting events for the cost model (:mod:`bsnnc.backends.rram.cost`).
 
-Functional (ideal mode): every ``mvm`` is computed array block by array block — the im2col
-rows of the input spikes against the bit-packed ±1 weights of ``program.npz`` (not the IR's
-constants), one exact uint8 × int8 → int32 product per row block — and the partial sums are
-added by the digital adder (``add``); ``fire`` integrates with the program's integer
+Functional (ideal mode): every ``mvm`` is computed array block by array block — the input
+spikes of each output position against the bit-packed ±1 weights of ``program.npz`` (not the
+IR's constants), one exact AND-popcount sum per row block
+(:class:`bsnnc.runtime.bitkernels.PackedBlockedConv`; perturbed conductances: a float64
+product per block of im2col rows) — and the partial sums are added by the digital adder
+(``add``); ``fire`` integrates with the program's integer
 thresholds Θ·2^unit; ``digital`` instructions (full-precision first/last layers kept
 digital, pooling, flatten, scale, bias) run the reference kernels of the digital periphery. A
 bit-sliced full-precision layer's ``mvm`` counts the events of its slices (see
@@ -20,6 +22,7 @@ readout) carry state across steps, so this equals looping ``loop timestep`` T ti
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -47,11 +50,12 @@ from bsnnc.runtime.snn import (
     Value,
     WindowState,
     digital,
-    if_scan,
     readout,
-    record_spikes,
     run_in_windows,
 )
+
+if TYPE_CHECKING:  # numba is imported when a kernel is built, not with the CLI
+    from bsnnc.runtime.bitkernels import PackedBlockedConv
 
 
 def _im2col(s: np.ndarray, n: Node, kh: int, kw: int) -> tuple[np.ndarray, int, int]:
@@ -199,11 +203,25 @@ class TileSimulator:
     def _row_bounds(self, layer: str) -> list[tuple[int, int]]:
         return [(r0, r1) for r0, r1, _, _ in self.row_blocks[layer]]
 
-    def _row_block_kernels(self, layer: str) -> BlockedSpikeMatMul:
-        """The layer's row blocks (their column blocks side by side) in one session."""
+    def _row_block_kernels(self, layer: str) -> PackedBlockedConv | BlockedSpikeMatMul:
+        """The layer's row blocks (their column blocks side by side) as one kernel: bit-packed
+        AND-popcount for ±1 cells, onnxruntime in float64 for perturbed conductances."""
+        from bsnnc.runtime.bitkernels import PackedBlockedConv
+
         index = sorted(self.weights, key=lambda k: int(k) if k.isdigit() else 0).index(layer)
         w = self.nonideal.weights(self.weights[layer], index)
-        return BlockedSpikeMatMul(w, self._row_bounds(layer), self.nonideal.clip)
+        bounds, clip = self._row_bounds(layer), self.nonideal.clip
+        if w.dtype != np.int8:
+            return BlockedSpikeMatMul(w, bounds, clip)
+        n = self.nodes[layer]
+        shape = self.g.constants[n.const_operands()[0]].type.shape
+        if n.op == "dense":
+            return PackedBlockedConv(w, bounds, w.shape[0], (1, 1), clip=clip, dense=True)
+        st, pad, dil = (attr_ints(n.attrs, k) for k in ("stride", "pad", "dilation"))
+        return PackedBlockedConv(
+            w, bounds, int(shape[1] or 0), (int(shape[2] or 1), int(shape[3] or 1)),
+            (st[0], st[1]), (pad[0], pad[1], pad[2], pad[3]), (dil[0], dil[1]), clip,
+        )  # fmt: skip
 
     def run(
         self,
@@ -247,7 +265,8 @@ class TileSimulator:
         chunks and time windows): its event counts (int64 per count, layer and (layer, row
         block, copy)), and per crossbar layer with P output positions, B row blocks and
         N·P outputs the kernel's driven-row counts (P·B, int32 then int64) and partial sums
-        (N·P, int32 and float32)."""
+        (N·P, int32 and float32); a layer of perturbed conductances (onnxruntime in float64)
+        also its im2col rows, P·K values as uint8 and float64."""
         busy = sum(len(rb) * self.copies.get(k, 1) for k, rb in self.row_blocks.items())
         sends = sum(1 for s in self.program.body if s.op == "send")
         events = 8 * (len(COUNT_NAMES) + len(self.row_blocks) + busy + sends)
@@ -256,6 +275,8 @@ class TileSimulator:
             t = self.nodes[layer].type
             positions = int(t.shape[2] or 1) * int(t.shape[3] or 1) if t.rank == 4 else 1
             kernels += 12 * positions * len(blocks) + 8 * t.numel_per_sample()
+            if isinstance(self.kernels[layer], BlockedSpikeMatMul):
+                kernels += 9 * positions * int(self.weights[layer].shape[0])
         return events + kernels
 
     def _window(
@@ -306,16 +327,17 @@ class TileSimulator:
         n = self.nodes[result]
         src = env[n.value_operands()[0]]
         if s.op == "fire":
+            from bsnnc.runtime.bitkernels import if_scan_fast
+
             theta, reset = self.thresholds[result]
-            th = (
-                theta
-                if isinstance(theta, float)
-                else theta.reshape(1, -1, *([1] * (n.type.rank - 2)))
-            )
             shape = src.data.shape if src.static else src.data.shape[1:]
+            # one θ, or one per channel (axis 1 of [N, C, ...])
+            inner = 1 if isinstance(theta, float) else int(np.prod(shape[2:]))
+            th = np.asarray(theta, np.float64).reshape(-1)
             v = state.membranes.setdefault(result, np.zeros(shape, np.float64))
-            spikes = if_scan(src, th, reset, T, v)
-            record_spikes(trace, result, spikes)
+            spikes, trace.spikes[result], trace.per_neuron[result] = if_scan_fast(
+                src.data, src.static, th, inner, reset == "subtract", T, v
+            )
             ev.add("neuron_updates", n.type.numel_per_sample())
             return Value(spikes, False)
         if s.op == "readout":
@@ -338,19 +360,31 @@ class TileSimulator:
         return s.reshape(s.shape[0], -1), 1
 
     def _mvm(self, n: Node, s: Value, T: int, trace: SnnTrace, ev: Events) -> Value:
+        from bsnnc.runtime.bitkernels import spike_counts
+
         b = s.data.shape[1]
         flat = s.data.reshape(T * b, *s.data.shape[2:])
-        trace.layer_input[n.result] = s.data.reshape(T, b, -1).sum(axis=2, dtype=np.int64)
-        cols, positions = self._cols(n, flat)
-        total, driven = self.kernels[n.result](cols)
+        trace.layer_input[n.result] = spike_counts(s.data)[0]
+        y, driven = self._product(n, flat)
+        positions = driven.shape[0] // flat.shape[0]
         for j in range(len(self.row_blocks[n.result])):
             self._count_mvm(n.result, j, driven[:, j], T, positions, ev)
+        return Value(y.reshape(T, b, *y.shape[1:]), False)
+
+    def _product(self, n: Node, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The layer's outputs for spikes ``s`` [M, ...] (float32, [M, N, OH, OW] or [M, N])
+        and the driven rows per output position and row block, [M·OH·OW, blocks]."""
+        kernel = self.kernels[n.result]
+        if not isinstance(kernel, BlockedSpikeMatMul):
+            return kernel(s)
+        cols, _ = self._cols(n, s)
+        total, driven = kernel(cols)
         oh, ow = (
             (int(n.type.shape[2] or 0), int(n.type.shape[3] or 0)) if n.op == "conv2d" else (1, 1)
         )
-        y4 = total.astype(np.float32).reshape(T * b, oh, ow, -1)
-        y = y4.transpose(0, 3, 1, 2) if n.op == "conv2d" else y4.reshape(T * b, -1)
-        return Value(np.ascontiguousarray(y).reshape(T, b, *y.shape[1:]), False)
+        y4 = total.astype(np.float32).reshape(s.shape[0], oh, ow, -1)
+        y = y4.transpose(0, 3, 1, 2) if n.op == "conv2d" else y4.reshape(s.shape[0], -1)
+        return np.ascontiguousarray(y), driven
 
     def _count_bitsliced(self, n: Node, s: Value, T: int, ev: Events) -> None:
         """Events of a bit-sliced full-precision layer: its inputs are applied bit-serially

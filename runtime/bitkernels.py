@@ -1,0 +1,465 @@
+"""Exact spiking kernels compiled with numba: bit-packed binary products and the fused IF scan.
+
+**Binary products.** A binary layer multiplies 0/1 spikes by ±1 weights. With the spikes of
+one input position packed 64 channels to a word (channels last) and the weights' signs packed
+the same way (a bit per +1 weight), each 64-term slice of a dot product is
+
+    Σ_c s_c·w_c = 2·popcount(s ∧ w⁺) − popcount(s),
+
+one AND and one popcount for 64 multiply-accumulates. A convolution sums this over the
+``kh·kw`` kernel offsets and the channel words of its receptive field; a dense layer is the
+1×1 case. Every term is an integer, so the result is exact whatever the order, the number of
+threads or the CPU, and equals the float reference bit for bit. Two refinements cost nothing
+in exactness: a word with no spike adds nothing and is skipped (whole silent patches cost only
+the popcount of their row), and the sum over output channels is vectorized (a word of spikes
+against one word of weights per channel, contiguous in memory).
+
+**IF scan.** ``v ← v + z[t]; s[t] = (v ≥ θ); v ← v − θ·s[t]`` (subtract) or ``v ← 0`` where
+``s[t]`` (zero), in float64, exactly the operations of :func:`bsnnc.runtime.snn.if_scan` in the
+same order per neuron, so the spikes and membranes are the same bits; neurons are independent,
+so the scan runs in parallel over them with time as the inner loop of each block.
+
+numba compiles the kernels on first use and caches them next to this file (``__pycache__``);
+the module is imported only when a spiking graph runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic
+
+from bsnnc.ir.ops import window_out
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _jit(parallel: bool) -> Callable[[F], F]:
+    """numba's ``njit`` with a type that mypy can follow."""
+    return cast(
+        Callable[[F], F],
+        numba.njit(
+            parallel=parallel, cache=True, boundscheck=False, nogil=True, error_model="numpy"
+        ),
+    )
+
+
+@intrinsic
+def _ctpop(typingctx: Any, x: Any) -> Any:
+    """``llvm.ctpop.i64``: one ``popcnt`` (or ``vpopcntq`` lane once vectorized)."""
+    sig = types.uint64(types.uint64)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        fn = builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(64)])
+        return builder.call(fn, [args[0]])
+
+    return sig, codegen
+
+
+#: the intrinsic as numba code calls it (``_popcount(x)`` on a uint64)
+_popcount = cast(Callable[[Any], Any], _ctpop)
+
+
+@_jit(parallel=True)
+def _pack(s: np.ndarray, top: int, left: int, hp: int, wp: int) -> np.ndarray:
+    """Spikes ``s`` [B, C, H, W] (0/1) → words [B, hp, wp, ⌈C/64⌉] uint64, channels last:
+    bit ``c mod 64`` of word ``c // 64`` at (y + top, x + left); the border stays 0."""
+    b_n, c_n, h_n, w_n = s.shape
+    words = (c_n + 63) // 64
+    out = np.zeros((b_n, hp, wp, words), np.uint64)
+    for by in prange(b_n * h_n):
+        b, y = by // h_n, by % h_n
+        row = np.empty(w_n, np.uint64)
+        for k in range(words):
+            row[:] = 0
+            for c in range(k * 64, min(c_n, k * 64 + 64)):
+                bit = np.uint64(c - k * 64)
+                for x in range(w_n):
+                    row[x] |= np.uint64(s[b, c, y, x] != 0) << bit
+            for x in range(w_n):
+                out[b, y + top, x + left, k] = row[x]
+    return out
+
+
+@_jit(parallel=False)
+def _gather(p: np.ndarray, b: int, i: int, j: int, geom: np.ndarray, q: np.ndarray) -> np.int64:
+    """The receptive field of output (i, j) of image b: its words into ``q`` in (u, v, word)
+    order; returns their spike count. ``geom`` = (kh, kw, sh, sw, dh, dw)."""
+    kh, kw, sh, sw, dh, dw = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5]
+    words = p.shape[3]
+    k = 0
+    ones = np.int64(0)
+    for u in range(kh):
+        for v in range(kw):
+            for w in range(words):
+                x = p[b, i * sh + u * dh, j * sw + v * dw, w]
+                q[k] = x
+                ones += np.int64(_popcount(x))
+                k += 1
+    return ones
+
+
+@_jit(parallel=True)
+def _conv(p: np.ndarray, wt: np.ndarray, geom: np.ndarray, out: np.ndarray) -> None:
+    """``out[b, o, i, j] = Σ_{u,v,k} 2·popcount(p[b, i·sh+u·dh, j·sw+v·dw, k] ∧ wt[(u,v,k), o])
+    − popcount(p[…])`` for packed spikes ``p`` [B, Hp, Wp, words], packed +1 masks ``wt``
+    [kh·kw·words, O] and ``geom`` = (kh, kw, sh, sw, dh, dw); ``out`` [B, O, OH, OW] float32
+    (exact integers)."""
+    b_n, o_n, oh, ow = out.shape
+    k_n = wt.shape[0]
+    for bi in prange(b_n * oh):
+        b, i = bi // oh, bi % oh
+        q = np.empty(k_n, np.uint64)
+        acc = np.empty(o_n, np.int64)
+        for j in range(ow):
+            ones = _gather(p, b, i, j, geom, q)
+            for o in range(o_n):
+                acc[o] = -ones
+            if ones != 0:
+                for k in range(k_n):
+                    x = q[k]
+                    if x != 0:
+                        for o in range(o_n):
+                            acc[o] += 2 * np.int64(_popcount(x & wt[k, o]))
+            for o in range(o_n):
+                out[b, o, i, j] = np.float32(acc[o])
+
+
+def _geometry(
+    kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
+) -> np.ndarray:
+    return np.array([*kernel, *stride, *dilation], np.int64)
+
+
+def _packed_input(
+    s: np.ndarray,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    pad: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+) -> tuple[np.ndarray, int, int]:
+    """Spikes [B, C, H, W] → (padded packed words, OH, OW) of a convolution's input."""
+    (sh, sw), (dh, dw), (t, left, b, r) = stride, dilation, pad
+    h, w = s.shape[2] + t + b, s.shape[3] + left + r
+    oh = (h - (kernel[0] - 1) * dh - 1) // sh + 1
+    ow = (w - (kernel[1] - 1) * dw - 1) // sw + 1
+    return _pack(np.ascontiguousarray(s, np.uint8), t, left, h, w), oh, ow
+
+
+def pack_weights(w: np.ndarray) -> np.ndarray:
+    """±1 weights [O, C, kh, kw] (or [O, C]) → the +1 masks [kh·kw·⌈C/64⌉, O] uint64, in the
+    order of :func:`_conv`'s receptive-field words (offset u, offset v, channel word)."""
+    w4 = w.reshape(*w.shape, 1, 1) if w.ndim == 2 else w
+    o_n, c_n, kh, kw = w4.shape
+    words = (c_n + 63) // 64
+    bits = np.packbits((w4 > 0).transpose(0, 2, 3, 1), axis=-1, bitorder="little")
+    buf = np.zeros((o_n, kh, kw, words * 8), np.uint8)
+    buf[..., : bits.shape[-1]] = bits
+    return np.ascontiguousarray(buf.view(np.uint64).reshape(o_n, kh * kw * words).T)
+
+
+class PackedConv:
+    """``conv2d(spikes, ±1)`` over a [B, C, H, W] uint8 batch → float32 exact integers
+    [B, O, OH, OW], by AND-popcount over bit-packed words (see the module docstring)."""
+
+    def __init__(
+        self,
+        w: np.ndarray,
+        stride: tuple[int, int],
+        pad: tuple[int, int, int, int],
+        dilation: tuple[int, int],
+    ) -> None:
+        self.o, self.kh, self.kw = w.shape[0], w.shape[2], w.shape[3]
+        self.stride, self.pad, self.dilation = stride, pad, dilation
+        self.wt = pack_weights(w)
+
+    def __call__(self, s: np.ndarray) -> np.ndarray:
+        kernel = (self.kh, self.kw)
+        p, oh, ow = _packed_input(s, kernel, self.stride, self.pad, self.dilation)
+        out = np.empty((s.shape[0], self.o, oh, ow), np.float32)
+        _conv(p, self.wt, _geometry(kernel, self.stride, self.dilation), out)
+        return out
+
+
+class PackedDense:
+    """``spikes [B, K] · Wᵀ`` with W [N, K] ±1 → float32 exact integers [B, N] (the 1×1 case
+    of :class:`PackedConv`)."""
+
+    def __init__(self, w: np.ndarray) -> None:
+        self.n = w.shape[0]
+        self.wt = pack_weights(w)
+
+    def __call__(self, s: np.ndarray) -> np.ndarray:
+        s4 = np.ascontiguousarray(s, np.uint8).reshape(s.shape[0], s.shape[1], 1, 1)
+        out = np.empty((s.shape[0], self.n, 1, 1), np.float32)
+        _conv(_pack(s4, 0, 0, 1, 1), self.wt, _geometry((1, 1), (1, 1), (1, 1)), out)
+        return out.reshape(s.shape[0], self.n)
+
+
+@_jit(parallel=True)
+def _if_scan(
+    z: np.ndarray,
+    theta: np.ndarray,
+    inner: int,
+    subtract: bool,
+    v: np.ndarray,
+    out: np.ndarray,
+    per_step: np.ndarray,
+    per_neuron: np.ndarray,
+) -> None:
+    """The IF scan over ``steps`` = ``out.shape[0]`` steps for N images of P neurons: ``z``
+    [Tz, N, P] (Tz = 1: the same current every step), ``theta`` [C] with neuron p in channel
+    ``(p // inner) % C``, membranes ``v`` [N, P] float64 (updated), spikes ``out`` [steps, N,
+    P] uint8, and their counts: ``per_step`` [steps, N] (over neurons) and ``per_neuron``
+    [N, P] (over steps). Parallel over blocks of one image's neurons."""
+    steps = out.shape[0]
+    n_n, p_n = v.shape
+    c_n = theta.shape[0]
+    static = z.shape[0] == 1
+    block = 2048
+    blocks = (p_n + block - 1) // block
+    partial = np.zeros((n_n * blocks, steps), np.int64)
+    for job in prange(n_n * blocks):
+        n, p0 = job // blocks, (job % blocks) * block
+        p1 = min(p_n, p0 + block)
+        th = np.empty(p1 - p0, np.float64)
+        for p in range(p0, p1):
+            th[p - p0] = theta[(p // inner) % c_n]
+        count = np.zeros(p1 - p0, np.int32)
+        for t in range(steps):
+            zt = 0 if static else t
+            total = 0
+            for p in range(p0, p1):
+                x = v[n, p] + np.float64(z[zt, n, p])
+                fired = x >= th[p - p0]
+                if fired:
+                    x = x - th[p - p0] if subtract else 0.0
+                v[n, p] = x
+                out[t, n, p] = fired
+                total += fired
+                count[p - p0] += fired
+            partial[job, t] = total
+        for p in range(p0, p1):
+            per_neuron[n, p] = count[p - p0]
+    for n in range(n_n):
+        for t in range(steps):
+            per_step[t, n] = partial[n * blocks : (n + 1) * blocks, t].sum()
+
+
+def if_scan_fast(
+    z: np.ndarray, static: bool, theta: np.ndarray, inner: int, subtract: bool, steps: int,
+    v: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """The IF scan of :func:`_if_scan` for currents ``z`` ([steps, N, ...], or [N, ...] when
+    ``static``) from membranes ``v`` [N, ...] float64 (updated in place); ``theta`` [C] per
+    channel, the channel of neuron p of an image (flat index) is (p // inner) mod C. Returns
+    the spikes [steps, N, ...] uint8, their count per step and image [steps, N] int64 and per
+    image and neuron [N, neurons] int32."""
+    n = v.shape[0]
+    zf = z.reshape(1 if static else steps, n, -1)
+    flat_v = v.reshape(n, -1)
+    assert np.shares_memory(flat_v, v)
+    out = np.empty((steps, *v.shape), np.uint8)
+    per_step = np.empty((steps, n), np.int64)
+    per_neuron = np.empty(flat_v.shape, np.int32)
+    _if_scan(zf, theta, inner, subtract, flat_v, out.reshape(steps, n, -1), per_step, per_neuron)
+    return out, per_step, per_neuron
+
+
+@_jit(parallel=True)
+def _blocked_conv(
+    p: np.ndarray,
+    wt: np.ndarray,
+    masks: np.ndarray,
+    spans: np.ndarray,
+    geom: np.ndarray,
+    clip: int,
+    out: np.ndarray,
+    driven: np.ndarray,
+) -> None:
+    """A crossbar layer split into row blocks: block j holds the receptive-field words
+    ``spans[j, 0] .. spans[j, 1]`` (exclusive), stored at rows ``spans[j, 2] ..`` of ``wt``
+    (its +1 masks, bits outside the block cleared) and ``masks`` (the block's rows). Per output
+    position: ``driven[pos, j]`` = the block's input spikes; the block's partial sum
+    ``2·popcount(q ∧ wt) − driven`` is clipped to ±``clip`` (the ADC; none when clip < 0) and
+    the partial sums are added in block order into ``out`` [B, O, OH, OW] float32."""
+    b_n, o_n, oh, ow = out.shape
+    k_n = geom[0] * geom[1] * p.shape[3]
+    j_n = spans.shape[0]
+    for bi in prange(b_n * oh):
+        b, i = bi // oh, bi % oh
+        q = np.empty(k_n, np.uint64)
+        acc = np.empty(o_n, np.int64)
+        part = np.empty(o_n, np.int64)
+        for j in range(ow):
+            _gather(p, b, i, j, geom, q)
+            pos = (b * oh + i) * ow + j
+            acc[:] = 0
+            for blk in range(j_n):
+                k0, k1, row = spans[blk, 0], spans[blk, 1], spans[blk, 2]
+                ones = np.int64(0)
+                for k in range(k0, k1):
+                    ones += np.int64(_popcount(q[k] & masks[row + k - k0]))
+                driven[pos, blk] = ones
+                for o in range(o_n):
+                    part[o] = -ones
+                if ones != 0:
+                    for k in range(k0, k1):
+                        x = q[k]
+                        if x != 0:
+                            r = row + k - k0
+                            for o in range(o_n):
+                                part[o] += 2 * np.int64(_popcount(x & wt[r, o]))
+                if clip >= 0:
+                    for o in range(o_n):
+                        acc[o] += min(max(part[o], -clip), clip)
+                else:
+                    for o in range(o_n):
+                        acc[o] += part[o]
+            for o in range(o_n):
+                out[b, o, i, j] = np.float32(acc[o])
+
+
+class PackedBlockedConv:
+    """One crossbar layer with its rows split into blocks (one per array row range), exact
+    for ±1 cells: ``w`` [K, N] int8 in im2col order (kernel offset u, offset v, channel c:
+    row k = (u·kw + v)·C + c; a dense layer is the 1×1 case with C = K), ``bounds`` the row
+    ranges. Returns the sum of the (optionally clipped) block partial sums, [B, N, OH, OW]
+    float32 (or [B, N] for dense), and the driven rows per output position and block,
+    [B·OH·OW, blocks] int32 — what :class:`bsnnc.runtime.intkernels.BlockedSpikeMatMul`
+    computes from im2col rows, here from bit-packed words."""
+
+    def __init__(
+        self,
+        w: np.ndarray,
+        bounds: list[tuple[int, int]],
+        channels: int,
+        kernel: tuple[int, int],
+        stride: tuple[int, int] = (1, 1),
+        pad: tuple[int, int, int, int] = (0, 0, 0, 0),
+        dilation: tuple[int, int] = (1, 1),
+        clip: int | None = None,
+        dense: bool = False,
+    ) -> None:
+        assert w.dtype == np.int8 and w.shape[0] == kernel[0] * kernel[1] * channels
+        self.kh, self.kw = kernel
+        self.stride, self.pad, self.dilation, self.dense = stride, pad, dilation, dense
+        self.n, self.clip = w.shape[1], -1 if clip is None else clip
+        cw = (channels + 63) // 64
+        k = np.arange(w.shape[0])
+        word = (k // channels) * cw + (k % channels) // 64
+        bit = np.left_shift(np.uint64(1), ((k % channels) % 64).astype(np.uint64))
+        spans, masks, wts = [], [], []
+        row = 0
+        for r0, r1 in bounds:
+            k0, k1 = int(word[r0]), int(word[r1 - 1]) + 1
+            m = np.zeros(k1 - k0, np.uint64)
+            np.bitwise_or.at(m, word[r0:r1] - k0, bit[r0:r1])
+            wt = np.zeros((k1 - k0, self.n), np.uint64)
+            pos = w[r0:r1] > 0
+            for kk in range(r0, r1):  # one row of cells at a time: O(K·N) once per layer
+                wt[word[kk] - k0] |= np.where(pos[kk - r0], bit[kk], np.uint64(0))
+            spans.append((k0, k1, row))
+            masks.append(m)
+            wts.append(wt)
+            row += k1 - k0
+        self.spans = np.array(spans, np.int64)
+        self.masks = np.concatenate(masks)
+        self.wt = np.concatenate(wts)
+
+    def __call__(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Spikes [B, C, H, W] (or [B, K] dense) → (outputs, driven rows per block)."""
+        s4 = s.reshape(s.shape[0], s.shape[1], 1, 1) if self.dense else s
+        kernel = (self.kh, self.kw)
+        p, oh, ow = _packed_input(s4, kernel, self.stride, self.pad, self.dilation)
+        out = np.empty((s4.shape[0], self.n, oh, ow), np.float32)
+        driven = np.empty((s4.shape[0] * oh * ow, len(self.spans)), np.int32)
+        geom = _geometry(kernel, self.stride, self.dilation)
+        _blocked_conv(p, self.wt, self.masks, self.spans, geom, self.clip, out, driven)
+        return (out.reshape(s4.shape[0], self.n) if self.dense else out), driven
+
+
+@_jit(parallel=True)
+def _counts(s: np.ndarray, per_step: np.ndarray, per_neuron: np.ndarray) -> None:
+    """``per_step[t, n] = Σ_p s[t, n, p]`` and ``per_neuron[n, p] = Σ_t s[t, n, p]`` for
+    spikes ``s`` [T, N, P] (0/1), in one pass, in parallel over images."""
+    t_n, n_n, p_n = s.shape
+    for n in prange(n_n):
+        per_neuron[n, :] = 0
+        for t in range(t_n):
+            total = 0
+            for p in range(p_n):
+                x = s[t, n, p]
+                total += x
+                per_neuron[n, p] += x
+            per_step[t, n] = total
+
+
+def spike_counts(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Spikes [T, N, ...] → (per step and image [T, N] int64, per image and neuron over the
+    steps [N, neurons] int32)."""
+    flat = np.ascontiguousarray(s, np.uint8).reshape(s.shape[0], s.shape[1], -1)
+    per_step = np.empty(flat.shape[:2], np.int64)
+    per_neuron = np.empty(flat.shape[1:], np.int32)
+    _counts(flat, per_step, per_neuron)
+    return per_step, per_neuron
+
+
+@_jit(parallel=True)
+def _avgpool(
+    x: np.ndarray,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    pads: np.ndarray,
+    include_pad: bool,
+    out: np.ndarray,
+) -> None:
+    """``out[b, c, i, j] = (Σ_{u,v} x[b, c, i·sh+u−top, j·sw+v−left]) / count`` in float32,
+    the sum over the window's input positions in (u, v) order (padding adds +0.0, which
+    changes no sum that starts at +0.0), ``count`` = the window's positions inside the input,
+    or inside input and explicit pads when ``include_pad``: :func:`bsnnc.runtime.kernels.avgpool`
+    bit for bit. ``pads`` = (top, left, bottom, right)."""
+    b_n, c_n, h_n, w_n = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    top, left, bottom, right = pads[0], pads[1], pads[2], pads[3]
+    lo_r, hi_r = (-top, h_n + bottom) if include_pad else (0, h_n)
+    lo_c, hi_c = (-left, w_n + right) if include_pad else (0, w_n)
+    for bc in prange(b_n * c_n):
+        b, c = bc // c_n, bc % c_n
+        for i in range(oh):
+            for j in range(ow):
+                total = np.float32(0.0)
+                count = np.float32(0.0)
+                for u in range(kh):
+                    r = i * sh + u - top
+                    for v in range(kw):
+                        q = j * sw + v - left
+                        if 0 <= r < h_n and 0 <= q < w_n:
+                            total += np.float32(x[b, c, r, q])
+                        if lo_r <= r < hi_r and lo_c <= q < hi_c:
+                            count += np.float32(1.0)
+                out[b, c, i, j] = total / count
+
+
+def avgpool_fast(
+    x: np.ndarray,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    pad: tuple[int, int, int, int],
+    ceil_mode: bool,
+    count_include_pad: bool,
+) -> np.ndarray:
+    """:func:`bsnnc.runtime.kernels.avgpool` in float32 for [B, C, H, W] input, one pass."""
+    oh = window_out(x.shape[2], kernel[0], stride[0], 1, pad[0], pad[2], ceil_mode)
+    ow = window_out(x.shape[3], kernel[1], stride[1], 1, pad[1], pad[3], ceil_mode)
+    out = np.empty((x.shape[0], x.shape[1], oh, ow), np.float32)
+    _avgpool(np.ascontiguousarray(x), kernel[0], kernel[1], stride[0], stride[1],
+             np.array(pad, np.int64), count_include_pad, out)  # fmt: skip
+    return out
