@@ -88,9 +88,9 @@ def gemm_rates(m: int = 8192, k: int = 2304, n: int = 256, reps: int = 5) -> dic
 
     f32 = session("MatMul", TensorProto.FLOAT, TensorProto.FLOAT, b32)
     i8 = session("MatMulInteger", TensorProto.UINT8, TensorProto.INT32, b8)
-    dense = (rng.random((m, k)) < 0.5).astype(np.uint8).reshape(m, k, 1, 1)
-    packed, wt = _pack(dense, 0, 0, 1, 1), pack_weights(b8.T)
-    out = np.empty((m, n, 1, 1), np.float32)
+    dense = (rng.random((m, k)) < 0.5).astype(np.uint8).reshape(m, 1, 1, k)
+    packed, wt = _pack(dense, True, 0, 0, 1, 1), pack_weights(b8.T)
+    out = np.empty((m, 1, 1, n), np.float32)
     one = _geometry((1, 1), (1, 1), (1, 1))
     macs = m * k * n
     return {

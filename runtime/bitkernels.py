@@ -66,10 +66,14 @@ _popcount = cast(Callable[[Any], Any], _ctpop)
 
 
 @_jit(parallel=True)
-def _pack(s: np.ndarray, top: int, left: int, hp: int, wp: int) -> np.ndarray:
-    """Spikes ``s`` [B, C, H, W] (0/1) → words [B, hp, wp, ⌈C/64⌉] uint64, channels last:
-    bit ``c mod 64`` of word ``c // 64`` at (y + top, x + left); the border stays 0."""
-    b_n, c_n, h_n, w_n = s.shape
+def _pack(s: np.ndarray, nhwc: bool, top: int, left: int, hp: int, wp: int) -> np.ndarray:
+    """Spikes ``s`` (0/1), [B, C, H, W] or with ``nhwc`` [B, H, W, C] → words [B, hp, wp,
+    ⌈C/64⌉] uint64, channels last: bit ``c mod 64`` of word ``c // 64`` at (y + top,
+    x + left); the border stays 0."""
+    if nhwc:
+        b_n, h_n, w_n, c_n = s.shape
+    else:
+        b_n, c_n, h_n, w_n = s.shape
     words = (c_n + 63) // 64
     out = np.zeros((b_n, hp, wp, words), np.uint64)
     for by in prange(b_n * h_n):
@@ -77,10 +81,17 @@ def _pack(s: np.ndarray, top: int, left: int, hp: int, wp: int) -> np.ndarray:
         row = np.empty(w_n, np.uint64)
         for k in range(words):
             row[:] = 0
-            for c in range(k * 64, min(c_n, k * 64 + 64)):
-                bit = np.uint64(c - k * 64)
+            if nhwc:
                 for x in range(w_n):
-                    row[x] |= np.uint64(s[b, c, y, x] != 0) << bit
+                    word = np.uint64(0)
+                    for c in range(k * 64, min(c_n, k * 64 + 64)):
+                        word |= np.uint64(s[b, y, x, c] != 0) << np.uint64(c - k * 64)
+                    row[x] = word
+            else:
+                for c in range(k * 64, min(c_n, k * 64 + 64)):
+                    bit = np.uint64(c - k * 64)
+                    for x in range(w_n):
+                        row[x] |= np.uint64(s[b, c, y, x] != 0) << bit
             for x in range(w_n):
                 out[b, y + top, x + left, k] = row[x]
     return out
@@ -104,30 +115,40 @@ def _gather(p: np.ndarray, b: int, i: int, j: int, geom: np.ndarray, q: np.ndarr
     return ones
 
 
+@_jit(parallel=False)
+def _accumulate(
+    q: np.ndarray, k0: int, k1: int, wt: np.ndarray, row: int, part: np.ndarray
+) -> None:
+    """``part[o] += Σ_{k0 ≤ k < k1} popcount(q[k] ∧ wt[row + k − k0, o])``, silent words
+    skipped; vectorized over o."""
+    for k in range(k0, k1):
+        x = q[k]
+        if x != 0:
+            r = row + k - k0
+            for o in range(part.shape[0]):
+                part[o] += np.int32(_popcount(x & wt[r, o]))
+
+
 @_jit(parallel=True)
 def _conv(p: np.ndarray, wt: np.ndarray, geom: np.ndarray, out: np.ndarray) -> None:
-    """``out[b, o, i, j] = Σ_{u,v,k} 2·popcount(p[b, i·sh+u·dh, j·sw+v·dw, k] ∧ wt[(u,v,k), o])
+    """``out[b, i, j, o] = Σ_{u,v,k} 2·popcount(p[b, i·sh+u·dh, j·sw+v·dw, k] ∧ wt[(u,v,k), o])
     − popcount(p[…])`` for packed spikes ``p`` [B, Hp, Wp, words], packed +1 masks ``wt``
-    [kh·kw·words, O] and ``geom`` = (kh, kw, sh, sw, dh, dw); ``out`` [B, O, OH, OW] float32
-    (exact integers)."""
-    b_n, o_n, oh, ow = out.shape
+    [kh·kw·words, O] and ``geom`` = (kh, kw, sh, sw, dh, dw); ``out`` [B, OH, OW, O] float32
+    (exact integers), channels last so that each position's outputs are one contiguous run;
+    int32 sums (a layer has far fewer than 2^31 inputs)."""
+    b_n, oh, ow, o_n = out.shape
     k_n = wt.shape[0]
     for bi in prange(b_n * oh):
         b, i = bi // oh, bi % oh
         q = np.empty(k_n, np.uint64)
-        acc = np.empty(o_n, np.int64)
+        acc = np.empty(o_n, np.int32)
         for j in range(ow):
             ones = _gather(p, b, i, j, geom, q)
-            for o in range(o_n):
-                acc[o] = -ones
+            acc[:] = 0
             if ones != 0:
-                for k in range(k_n):
-                    x = q[k]
-                    if x != 0:
-                        for o in range(o_n):
-                            acc[o] += 2 * np.int64(_popcount(x & wt[k, o]))
+                _accumulate(q, 0, k_n, wt, 0, acc)
             for o in range(o_n):
-                out[b, o, i, j] = np.float32(acc[o])
+                out[b, i, j, o] = np.float32(2 * np.int64(acc[o]) - ones)
 
 
 def _geometry(
@@ -138,17 +159,20 @@ def _geometry(
 
 def _packed_input(
     s: np.ndarray,
+    nhwc: bool,
     kernel: tuple[int, int],
     stride: tuple[int, int],
     pad: tuple[int, int, int, int],
     dilation: tuple[int, int],
 ) -> tuple[np.ndarray, int, int]:
-    """Spikes [B, C, H, W] → (padded packed words, OH, OW) of a convolution's input."""
+    """Spikes [B, C, H, W] (or [B, H, W, C] with ``nhwc``) → (padded packed words, OH, OW) of
+    a convolution's input."""
     (sh, sw), (dh, dw), (t, left, b, r) = stride, dilation, pad
-    h, w = s.shape[2] + t + b, s.shape[3] + left + r
+    height, width = (s.shape[1], s.shape[2]) if nhwc else (s.shape[2], s.shape[3])
+    h, w = height + t + b, width + left + r
     oh = (h - (kernel[0] - 1) * dh - 1) // sh + 1
     ow = (w - (kernel[1] - 1) * dw - 1) // sw + 1
-    return _pack(np.ascontiguousarray(s, np.uint8), t, left, h, w), oh, ow
+    return _pack(np.ascontiguousarray(s, np.uint8), nhwc, t, left, h, w), oh, ow
 
 
 def pack_weights(w: np.ndarray) -> np.ndarray:
@@ -164,8 +188,9 @@ def pack_weights(w: np.ndarray) -> np.ndarray:
 
 
 class PackedConv:
-    """``conv2d(spikes, ±1)`` over a [B, C, H, W] uint8 batch → float32 exact integers
-    [B, O, OH, OW], by AND-popcount over bit-packed words (see the module docstring)."""
+    """``conv2d(spikes, ±1)`` over a uint8 batch [B, C, H, W] (or [B, H, W, C]) → float32
+    exact integers [B, OH, OW, O], channels last, by AND-popcount over bit-packed words (see
+    the module docstring)."""
 
     def __init__(
         self,
@@ -174,15 +199,14 @@ class PackedConv:
         pad: tuple[int, int, int, int],
         dilation: tuple[int, int],
     ) -> None:
-        self.o, self.kh, self.kw = w.shape[0], w.shape[2], w.shape[3]
+        self.o, self.kernel = w.shape[0], (w.shape[2], w.shape[3])
         self.stride, self.pad, self.dilation = stride, pad, dilation
         self.wt = pack_weights(w)
 
-    def __call__(self, s: np.ndarray) -> np.ndarray:
-        kernel = (self.kh, self.kw)
-        p, oh, ow = _packed_input(s, kernel, self.stride, self.pad, self.dilation)
-        out = np.empty((s.shape[0], self.o, oh, ow), np.float32)
-        _conv(p, self.wt, _geometry(kernel, self.stride, self.dilation), out)
+    def __call__(self, s: np.ndarray, nhwc: bool = False) -> np.ndarray:
+        p, oh, ow = _packed_input(s, nhwc, self.kernel, self.stride, self.pad, self.dilation)
+        out = np.empty((s.shape[0], oh, ow, self.o), np.float32)
+        _conv(p, self.wt, _geometry(self.kernel, self.stride, self.dilation), out)
         return out
 
 
@@ -195,9 +219,9 @@ class PackedDense:
         self.wt = pack_weights(w)
 
     def __call__(self, s: np.ndarray) -> np.ndarray:
-        s4 = np.ascontiguousarray(s, np.uint8).reshape(s.shape[0], s.shape[1], 1, 1)
-        out = np.empty((s.shape[0], self.n, 1, 1), np.float32)
-        _conv(_pack(s4, 0, 0, 1, 1), self.wt, _geometry((1, 1), (1, 1), (1, 1)), out)
+        s4 = np.ascontiguousarray(s, np.uint8).reshape(s.shape[0], 1, 1, s.shape[1])
+        out = np.empty((s.shape[0], 1, 1, self.n), np.float32)
+        _conv(_pack(s4, True, 0, 0, 1, 1), self.wt, _geometry((1, 1), (1, 1), (1, 1)), out)
         return out.reshape(s.shape[0], self.n)
 
 
@@ -275,6 +299,7 @@ def if_scan_fast(
 def _blocked_conv(
     p: np.ndarray,
     wt: np.ndarray,
+    whole: np.ndarray,
     masks: np.ndarray,
     spans: np.ndarray,
     geom: np.ndarray,
@@ -286,51 +311,54 @@ def _blocked_conv(
     ``spans[j, 0] .. spans[j, 1]`` (exclusive), stored at rows ``spans[j, 2] ..`` of ``wt``
     (its +1 masks, bits outside the block cleared) and ``masks`` (the block's rows). Per output
     position: ``driven[pos, j]`` = the block's input spikes; the block's partial sum
-    ``2·popcount(q ∧ wt) − driven`` is clipped to ±``clip`` (the ADC; none when clip < 0) and
-    the partial sums are added in block order into ``out`` [B, O, OH, OW] float32."""
-    b_n, o_n, oh, ow = out.shape
-    k_n = geom[0] * geom[1] * p.shape[3]
+    ``2·popcount(q ∧ wt) − driven`` is clipped to ±``clip`` (the ADC) and the partial sums are
+    added in block order into ``out`` [B, OH, OW, O] float32. Without a clip (clip < 0) the
+    sum of the blocks' partial sums is the whole product, computed in one pass over the
+    unsplit masks ``whole`` [words, O] as :func:`_conv` does."""
+    b_n, oh, ow, o_n = out.shape
+    k_n = whole.shape[0]
     j_n = spans.shape[0]
     for bi in prange(b_n * oh):
         b, i = bi // oh, bi % oh
         q = np.empty(k_n, np.uint64)
         acc = np.empty(o_n, np.int64)
-        part = np.empty(o_n, np.int64)
+        part = np.empty(o_n, np.int32)
         for j in range(ow):
-            _gather(p, b, i, j, geom, q)
+            total = _gather(p, b, i, j, geom, q)
             pos = (b * oh + i) * ow + j
-            acc[:] = 0
             for blk in range(j_n):
                 k0, k1, row = spans[blk, 0], spans[blk, 1], spans[blk, 2]
                 ones = np.int64(0)
                 for k in range(k0, k1):
                     ones += np.int64(_popcount(q[k] & masks[row + k - k0]))
                 driven[pos, blk] = ones
+            if clip < 0:
+                part[:] = 0
+                if total != 0:
+                    _accumulate(q, 0, k_n, whole, 0, part)
                 for o in range(o_n):
-                    part[o] = -ones
+                    out[b, i, j, o] = np.float32(2 * np.int64(part[o]) - total)
+                continue
+            acc[:] = 0
+            for blk in range(j_n):
+                k0, k1, row = spans[blk, 0], spans[blk, 1], spans[blk, 2]
+                ones = np.int64(driven[pos, blk])
+                part[:] = 0
                 if ones != 0:
-                    for k in range(k0, k1):
-                        x = q[k]
-                        if x != 0:
-                            r = row + k - k0
-                            for o in range(o_n):
-                                part[o] += 2 * np.int64(_popcount(x & wt[r, o]))
-                if clip >= 0:
-                    for o in range(o_n):
-                        acc[o] += min(max(part[o], -clip), clip)
-                else:
-                    for o in range(o_n):
-                        acc[o] += part[o]
+                    _accumulate(q, k0, k1, wt, row, part)
+                for o in range(o_n):
+                    acc[o] += min(max(2 * np.int64(part[o]) - ones, -clip), clip)
             for o in range(o_n):
-                out[b, o, i, j] = np.float32(acc[o])
+                out[b, i, j, o] = np.float32(acc[o])
 
 
 class PackedBlockedConv:
     """One crossbar layer with its rows split into blocks (one per array row range), exact
     for ±1 cells: ``w`` [K, N] int8 in im2col order (kernel offset u, offset v, channel c:
     row k = (u·kw + v)·C + c; a dense layer is the 1×1 case with C = K), ``bounds`` the row
-    ranges. Returns the sum of the (optionally clipped) block partial sums, [B, N, OH, OW]
-    float32 (or [B, N] for dense), and the driven rows per output position and block,
+    ranges. Returns the sum of the (optionally clipped) block partial sums, [B, OH, OW, N]
+    float32, channels last (or [B, N] for dense), and the driven rows per output position
+    and block,
     [B·OH·OW, blocks] int32 — what :class:`bsnnc.runtime.intkernels.BlockedSpikeMatMul`
     computes from im2col rows, here from bit-packed words."""
 
@@ -371,16 +399,21 @@ class PackedBlockedConv:
         self.spans = np.array(spans, np.int64)
         self.masks = np.concatenate(masks)
         self.wt = np.concatenate(wts)
+        self.whole = np.zeros((kernel[0] * kernel[1] * cw, self.n), np.uint64)
+        for (k0, k1, _), wt in zip(spans, wts, strict=True):  # the blocks partition the rows
+            self.whole[k0:k1] |= wt
 
-    def __call__(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Spikes [B, C, H, W] (or [B, K] dense) → (outputs, driven rows per block)."""
-        s4 = s.reshape(s.shape[0], s.shape[1], 1, 1) if self.dense else s
+    def __call__(self, s: np.ndarray, nhwc: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Spikes [B, C, H, W] (or [B, H, W, C] with ``nhwc``, or [B, K] dense) → (outputs,
+        driven rows per block)."""
+        s4 = s.reshape(s.shape[0], 1, 1, s.shape[1]) if self.dense else s
+        nhwc = nhwc or self.dense
         kernel = (self.kh, self.kw)
-        p, oh, ow = _packed_input(s4, kernel, self.stride, self.pad, self.dilation)
-        out = np.empty((s4.shape[0], self.n, oh, ow), np.float32)
+        p, oh, ow = _packed_input(s4, nhwc, kernel, self.stride, self.pad, self.dilation)
+        out = np.empty((s4.shape[0], oh, ow, self.n), np.float32)
         driven = np.empty((s4.shape[0] * oh * ow, len(self.spans)), np.int32)
         geom = _geometry(kernel, self.stride, self.dilation)
-        _blocked_conv(p, self.wt, self.masks, self.spans, geom, self.clip, out, driven)
+        _blocked_conv(p, self.wt, self.whole, self.masks, self.spans, geom, self.clip, out, driven)
         return (out.reshape(s4.shape[0], self.n) if self.dense else out), driven
 
 
@@ -413,6 +446,7 @@ def spike_counts(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @_jit(parallel=True)
 def _avgpool(
     x: np.ndarray,
+    nhwc: bool,
     kh: int,
     kw: int,
     sh: int,
@@ -421,31 +455,41 @@ def _avgpool(
     include_pad: bool,
     out: np.ndarray,
 ) -> None:
-    """``out[b, c, i, j] = (Σ_{u,v} x[b, c, i·sh+u−top, j·sw+v−left]) / count`` in float32,
-    the sum over the window's input positions in (u, v) order (padding adds +0.0, which
-    changes no sum that starts at +0.0), ``count`` = the window's positions inside the input,
-    or inside input and explicit pads when ``include_pad``: :func:`bsnnc.runtime.kernels.avgpool`
-    bit for bit. ``pads`` = (top, left, bottom, right)."""
-    b_n, c_n, h_n, w_n = x.shape
-    oh, ow = out.shape[2], out.shape[3]
+    """``out[b, c, i, j] = (Σ_{u,v} x[b, c, i·sh+u−top, j·sw+v−left]) / count`` in float32 (in
+    [B, H, W, C] layout with ``nhwc``), the sum over the window's input positions in (u, v)
+    order (padding adds +0.0, which changes no sum that starts at +0.0), ``count`` = the
+    window's positions inside the input, or inside input and explicit pads when
+    ``include_pad``: :func:`bsnnc.runtime.kernels.avgpool` bit for bit. ``pads`` = (top,
+    left, bottom, right)."""
+    if nhwc:
+        b_n, h_n, w_n, c_n = x.shape
+        oh, ow = out.shape[1], out.shape[2]
+    else:
+        b_n, c_n, h_n, w_n = x.shape
+        oh, ow = out.shape[2], out.shape[3]
     top, left, bottom, right = pads[0], pads[1], pads[2], pads[3]
     lo_r, hi_r = (-top, h_n + bottom) if include_pad else (0, h_n)
     lo_c, hi_c = (-left, w_n + right) if include_pad else (0, w_n)
-    for bc in prange(b_n * c_n):
-        b, c = bc // c_n, bc % c_n
-        for i in range(oh):
-            for j in range(ow):
-                total = np.float32(0.0)
-                count = np.float32(0.0)
-                for u in range(kh):
-                    r = i * sh + u - top
-                    for v in range(kw):
-                        q = j * sw + v - left
-                        if 0 <= r < h_n and 0 <= q < w_n:
-                            total += np.float32(x[b, c, r, q])
-                        if lo_r <= r < hi_r and lo_c <= q < hi_c:
-                            count += np.float32(1.0)
-                out[b, c, i, j] = total / count
+    for bi in prange(b_n * oh):
+        b, i = bi // oh, bi % oh
+        total = np.empty(c_n, np.float32)
+        for j in range(ow):
+            total[:] = 0.0
+            count = np.float32(0.0)
+            for u in range(kh):
+                r = i * sh + u - top
+                for v in range(kw):
+                    q = j * sw + v - left
+                    if 0 <= r < h_n and 0 <= q < w_n:
+                        for c in range(c_n):
+                            total[c] += np.float32(x[b, r, q, c] if nhwc else x[b, c, r, q])
+                    if lo_r <= r < hi_r and lo_c <= q < hi_c:
+                        count += np.float32(1.0)
+            for c in range(c_n):
+                if nhwc:
+                    out[b, i, j, c] = total[c] / count
+                else:
+                    out[b, c, i, j] = total[c] / count
 
 
 def avgpool_fast(
@@ -455,11 +499,15 @@ def avgpool_fast(
     pad: tuple[int, int, int, int],
     ceil_mode: bool,
     count_include_pad: bool,
+    nhwc: bool = False,
 ) -> np.ndarray:
-    """:func:`bsnnc.runtime.kernels.avgpool` in float32 for [B, C, H, W] input, one pass."""
-    oh = window_out(x.shape[2], kernel[0], stride[0], 1, pad[0], pad[2], ceil_mode)
-    ow = window_out(x.shape[3], kernel[1], stride[1], 1, pad[1], pad[3], ceil_mode)
-    out = np.empty((x.shape[0], x.shape[1], oh, ow), np.float32)
-    _avgpool(np.ascontiguousarray(x), kernel[0], kernel[1], stride[0], stride[1],
+    """:func:`bsnnc.runtime.kernels.avgpool` in float32 for [B, C, H, W] input (or, with
+    ``nhwc``, [B, H, W, C] input and output), one pass."""
+    h, w = (x.shape[1], x.shape[2]) if nhwc else (x.shape[2], x.shape[3])
+    oh = window_out(h, kernel[0], stride[0], 1, pad[0], pad[2], ceil_mode)
+    ow = window_out(w, kernel[1], stride[1], 1, pad[1], pad[3], ceil_mode)
+    c = x.shape[3] if nhwc else x.shape[1]
+    out = np.empty((x.shape[0], oh, ow, c) if nhwc else (x.shape[0], c, oh, ow), np.float32)
+    _avgpool(np.ascontiguousarray(x), nhwc, kernel[0], kernel[1], stride[0], stride[1],
              np.array(pad, np.int64), count_include_pad, out)  # fmt: skip
     return out

@@ -39,10 +39,21 @@ from bsnnc.runtime.threads import blas_single_threaded
 
 @dataclass
 class Value:
-    """A tensor over time: ``data`` is [T, N, ...] or, when ``static``, [N, ...] for every t."""
+    """A tensor over time: ``data`` is [T, N, ...] or, when ``static``, [N, ...] for every t;
+    with ``nhwc`` an image's axes are [H, W, C] instead of the IR's [C, H, W] (what the
+    compiled kernels exchange: each position's channels contiguous)."""
 
     data: np.ndarray
     static: bool
+    nhwc: bool = False
+
+
+def nchw(v: Value) -> Value:
+    """``v`` in the IR's layout."""
+    if not v.nhwc:
+        return v
+    axes = (0, 3, 1, 2) if v.static else (0, 1, 4, 2, 3)
+    return Value(np.ascontiguousarray(v.data.transpose(axes)), v.static)
 
 
 @dataclass
@@ -167,9 +178,9 @@ class SnnRuntime:
         if n.op == "if":
             return self._if(n, ins[0], consts, T, trace, state)
         if n.op == "readout":
-            return readout(ins[0], T, t0, state.readout)
+            return readout(nchw(ins[0]), T, t0, state.readout)
         if n.result in self._fast:
-            return self._binary(n, ins[0], T, trace)
+            return self._binary(n, ins[0] if n.op == "conv2d" else nchw(ins[0]), T, trace)
         return digital(n, ins[0], consts, T)
 
     def _if(
@@ -181,28 +192,23 @@ class SnnRuntime:
         trace: SnnTrace,
         state: WindowState,
     ) -> Value:
-        from bsnnc.runtime.bitkernels import if_scan_fast
-
         theta = np.array([attr_float(n.attrs, "theta")], np.float64)
-        shape = z.data.shape if z.static else z.data.shape[1:]
-        inner = 1
-        if consts:  # θ per channel along ``axis`` of one step's shape
+        if consts:  # θ per channel
             theta = theta * consts[0].astype(np.float64)
-            inner = int(np.prod(shape[attr_int(n.attrs, "axis") + 1 :]))
-        v = state.membranes.setdefault(n.result, np.zeros(shape, np.float64))
-        subtract = str(n.attrs["reset"]) == "subtract"
-        s, trace.spikes[n.result], trace.per_neuron[n.result] = if_scan_fast(
-            z.data, z.static, theta, inner, subtract, T, v
-        )
-        return Value(s, False)
+        reset = str(n.attrs["reset"])
+        return fire(n.result, z, theta, attr_int(n.attrs, "axis"), reset, T, trace, state)
 
     def _binary(self, n: Node, s: Value, T: int, trace: SnnTrace) -> Value:
-        data = s.data
-        from bsnnc.runtime.bitkernels import spike_counts
+        from bsnnc.runtime.bitkernels import PackedConv, spike_counts
 
+        data = s.data
         trace.layer_input[n.result] = spike_counts(data)[0]
         flat = data.reshape(T * data.shape[1], *data.shape[2:])
-        y = self._fast[n.result](flat)
+        kernel = self._fast[n.result]
+        if isinstance(kernel, PackedConv):  # channels last out
+            y = kernel(flat, s.nhwc)
+            return Value(y.reshape(T, data.shape[1], *y.shape[1:]), False, True)
+        y = kernel(flat)
         return Value(y.reshape(T, data.shape[1], *y.shape[1:]), False)
 
 
@@ -224,6 +230,37 @@ def run_in_windows(
     return merged
 
 
+def fire(
+    layer: str,
+    z: Value,
+    theta: np.ndarray,
+    axis: int,
+    reset: str,
+    T: int,
+    trace: SnnTrace,
+    state: WindowState,
+) -> Value:
+    """An IF layer over T steps (:func:`if_scan`'s semantics, compiled): currents ``z`` in
+    either layout, ``theta`` one value or one per channel along ``axis`` of one step's shape
+    in the IR's layout (with ``z.nhwc`` the channels are last); membranes from and back to
+    ``state``; records the spike counts in ``trace`` (per neuron in the IR's order, which the
+    digest hashes). The spikes keep ``z``'s layout."""
+    from bsnnc.runtime.bitkernels import if_scan_fast
+
+    if z.nhwc and axis != 1:
+        z = nchw(z)
+    shape = z.data.shape if z.static else z.data.shape[1:]
+    inner = 1 if z.nhwc or theta.size == 1 else int(np.prod(shape[axis + 1 :]))
+    v = state.membranes.setdefault(layer, np.zeros(shape, np.float64))
+    s, trace.spikes[layer], counts = if_scan_fast(
+        z.data, z.static, theta, inner, reset == "subtract", T, v
+    )
+    if z.nhwc:
+        counts = counts.reshape(shape).transpose(0, 3, 1, 2).reshape(shape[0], -1)
+    trace.per_neuron[layer] = np.ascontiguousarray(counts)
+    return Value(s, False, z.nhwc)
+
+
 def readout(z: Value, T: int, t0: int = 0, last: np.ndarray | None = None) -> Value:
     """The final membrane after every step: ``V[t] = Σ_{τ ≤ t} z[τ]`` (float64), for the
     steps t0+1 .. t0+T of a window; ``last`` is V[t0] (the previous window's last row). The
@@ -240,7 +277,13 @@ def readout(z: Value, T: int, t0: int = 0, last: np.ndarray | None = None) -> Va
 def digital(n: Node, x: Value, consts: list[np.ndarray], T: int) -> Value:
     """A non-binary op (full-precision layer, pooling, flatten, scale, bias) over all steps,
     with the reference kernels; full-precision weights on spikes run in float64, which is
-    exact for 0/1 inputs and so independent of the summation order."""
+    exact for 0/1 inputs and so independent of the summation order. An average pool keeps a
+    channels-last input's layout; every other op takes the IR's."""
+    if x.nhwc and n.op == "avgpool" and not x.static and x.data.dtype != np.float64:
+        flat = x.data.reshape(T * x.data.shape[1], *x.data.shape[2:])
+        y = _avgpool32(flat, n, nhwc=True)
+        return Value(y.reshape(T, x.data.shape[1], *y.shape[1:]), False, True)
+    x = nchw(x)
     if x.static and has_trait(n.op, Trait.WEIGHTED):
         # computed once from the input: float64 in a fixed summation order (exact products),
         # so the current is the same on every CPU and for every batch size
@@ -268,14 +311,14 @@ def digital(n: Node, x: Value, consts: list[np.ndarray], T: int) -> Value:
     return Value(y.reshape(T, x.data.shape[1], *y.shape[1:]), False)
 
 
-def _avgpool32(x: np.ndarray, n: Node) -> np.ndarray:
+def _avgpool32(x: np.ndarray, n: Node, nhwc: bool = False) -> np.ndarray:
     """The float32 average pool of the reference kernels, in one compiled pass."""
     from bsnnc.runtime.bitkernels import avgpool_fast
 
     k, st, p = attr_ints(n.attrs, "kernel"), attr_ints(n.attrs, "stride"), attr_ints(n.attrs, "pad")
     return avgpool_fast(
         x, (k[0], k[1]), (st[0], st[1]), (p[0], p[1], p[2], p[3]),
-        bool(n.attrs["ceil_mode"]), bool(n.attrs["count_include_pad"]),
+        bool(n.attrs["ceil_mode"]), bool(n.attrs["count_include_pad"]), nhwc,
     )  # fmt: skip
 
 

@@ -8,6 +8,11 @@ asymmetric pads, row blocks that split words, and both resets."""
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,9 +55,11 @@ def test_packed_conv_equals_the_reference_convolution(channels: int, geometry: i
     s[0] = 0  # a silent image: every patch is skipped
     w = _signs(rng, (6, channels, kh, kw))
     ref = K.conv2d(s.astype(np.float64), w.astype(np.float64), stride, pad, dil)
-    y = PackedConv(w, stride, pad, dil)(s)
+    conv = PackedConv(w, stride, pad, dil)
+    y = conv(s)  # channels last out, from either layout in
     assert y.dtype == np.float32
-    np.testing.assert_array_equal(y, ref)
+    np.testing.assert_array_equal(y.transpose(0, 3, 1, 2), ref)
+    np.testing.assert_array_equal(conv(np.ascontiguousarray(s.transpose(0, 2, 3, 1)), True), y)
 
 
 @pytest.mark.parametrize("k", [1, 40, 64, 100, 513])
@@ -113,9 +120,13 @@ def test_packed_blocked_conv_equals_the_blocked_product(
     bounds = list(itertools.pairwise(edges))
     cols, oh, ow = _im2col(s, (kh, kw), stride, pad, dil)
     total, counts = BlockedSpikeMatMul(w, bounds, clip)(cols)
-    y, driven = PackedBlockedConv(w, bounds, channels, (kh, kw), stride, pad, dil, clip)(s)
-    np.testing.assert_array_equal(y, total.reshape(6, oh, ow, n).transpose(0, 3, 1, 2))
+    kernel = PackedBlockedConv(w, bounds, channels, (kh, kw), stride, pad, dil, clip)
+    y, driven = kernel(s)
+    np.testing.assert_array_equal(y, total.reshape(6, oh, ow, n))  # channels last
     np.testing.assert_array_equal(driven, counts)
+    y2, driven2 = kernel(np.ascontiguousarray(s.transpose(0, 2, 3, 1)), True)
+    np.testing.assert_array_equal(y2, y)
+    np.testing.assert_array_equal(driven2, driven)
     if clip is not None and blocks > 1:  # the clip did bite somewhere, so it was tested
         assert not np.array_equal(total, cols.astype(np.int64) @ w.astype(np.int64))
 
@@ -194,3 +205,44 @@ def test_fused_avgpool_equals_the_reference(
     ):
         ref = K.avgpool(x, kernel, stride, pad, ceil, include_pad)
         np.testing.assert_array_equal(avgpool_fast(x, kernel, stride, pad, ceil, include_pad), ref)
+        last = avgpool_fast(x.transpose(0, 2, 3, 1), kernel, stride, pad, ceil, include_pad, True)
+        np.testing.assert_array_equal(last.transpose(0, 3, 1, 2), ref)
+
+
+def test_blas_single_threaded_restores_the_thread_count() -> None:
+    from bsnnc.runtime.threads import _openblas, blas_single_threaded
+
+    lib = _openblas()
+    if lib is None:
+        pytest.skip("numpy does not use OpenBLAS here")
+    setter, getter = lib
+    before = getter()
+    setter(2)
+    try:
+        with blas_single_threaded():
+            assert getter() == 1
+        assert getter() == 2
+    finally:
+        setter(before)
+
+
+def test_results_do_not_depend_on_the_thread_count(tmp_path: Path) -> None:
+    """The same report (spikes, predictions, every counter) with one thread and with two, for
+    both backends: each kernel's sums are exact or in a fixed order per output."""
+    art = tmp_path / "digits.tiles"
+    run = [sys.executable, "-m", "bsnnc"]
+    subprocess.run([*run, "compile", "digits", "-o", art], check=True, capture_output=True)
+    reports = []
+    for threads in ("1", "2"):
+        env = {**os.environ, "NUMBA_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+        for backend in ("numpy", "rram"):
+            argv = [*run, "simulate", art, "-T", "12", "--limit", "24", "--json", "--no-ann"]
+            out = subprocess.run(
+                [*argv, "--backend", backend], check=True, capture_output=True, env=env
+            ).stdout
+            r = json.loads(out)
+            for k in ("seconds", "image_timesteps_per_second"):
+                r.pop(k)
+            reports.append(r)
+    assert reports[0] == reports[2] and reports[1] == reports[3]
+    assert reports[0]["spike_digest"] == reports[1]["spike_digest"]

@@ -43,19 +43,21 @@ from bsnnc.backends.rram.validate import validate_artifact_program
 from bsnnc.ir.graph import Graph, Node, attr_ints
 from bsnnc.runtime.ann import last_uses
 from bsnnc.runtime.artifact import Artifact
-from bsnnc.runtime.intkernels import BlockedSpikeMatMul
 from bsnnc.runtime.simulate import exit_steps
 from bsnnc.runtime.snn import (
     SnnTrace,
     Value,
     WindowState,
     digital,
+    fire,
+    nchw,
     readout,
     run_in_windows,
 )
 
-if TYPE_CHECKING:  # numba is imported when a kernel is built, not with the CLI
+if TYPE_CHECKING:  # numba and onnx are imported when a kernel is built, not with the CLI
     from bsnnc.runtime.bitkernels import PackedBlockedConv
+    from bsnnc.runtime.intkernels import BlockedSpikeMatMul
 
 
 def _im2col(s: np.ndarray, n: Node, kh: int, kw: int) -> tuple[np.ndarray, int, int]:
@@ -211,7 +213,9 @@ class TileSimulator:
         index = sorted(self.weights, key=lambda k: int(k) if k.isdigit() else 0).index(layer)
         w = self.nonideal.weights(self.weights[layer], index)
         bounds, clip = self._row_bounds(layer), self.nonideal.clip
-        if w.dtype != np.int8:
+        if w.dtype != np.int8:  # onnx(runtime) loads only for perturbed conductances
+            from bsnnc.runtime.intkernels import BlockedSpikeMatMul
+
             return BlockedSpikeMatMul(w, bounds, clip)
         n = self.nodes[layer]
         shape = self.g.constants[n.const_operands()[0]].type.shape
@@ -275,7 +279,7 @@ class TileSimulator:
             t = self.nodes[layer].type
             positions = int(t.shape[2] or 1) * int(t.shape[3] or 1) if t.rank == 4 else 1
             kernels += 12 * positions * len(blocks) + 8 * t.numel_per_sample()
-            if isinstance(self.kernels[layer], BlockedSpikeMatMul):
+            if not self._packed(layer):
                 kernels += 9 * positions * int(self.weights[layer].shape[0])
         return events + kernels
 
@@ -327,25 +331,16 @@ class TileSimulator:
         n = self.nodes[result]
         src = env[n.value_operands()[0]]
         if s.op == "fire":
-            from bsnnc.runtime.bitkernels import if_scan_fast
-
             theta, reset = self.thresholds[result]
-            shape = src.data.shape if src.static else src.data.shape[1:]
-            # one θ, or one per channel (axis 1 of [N, C, ...])
-            inner = 1 if isinstance(theta, float) else int(np.prod(shape[2:]))
-            th = np.asarray(theta, np.float64).reshape(-1)
-            v = state.membranes.setdefault(result, np.zeros(shape, np.float64))
-            spikes, trace.spikes[result], trace.per_neuron[result] = if_scan_fast(
-                src.data, src.static, th, inner, reset == "subtract", T, v
-            )
+            th = np.asarray(theta, np.float64).reshape(-1)  # one θ, or one per channel (axis 1)
             ev.add("neuron_updates", n.type.numel_per_sample())
-            return Value(spikes, False)
+            return fire(result, src, th, 1, reset, T, trace, state)
         if s.op == "readout":
-            return readout(src, T, t0, state.readout)
+            return readout(nchw(src), T, t0, state.readout)
         if s.op == "mvm" and result in self.kernels:
             return self._mvm(n, src, T, trace, ev)
         if s.op == "mvm":
-            self._count_bitsliced(n, src, T, ev)
+            self._count_bitsliced(n, nchw(src), T, ev)
         return self._digital(n, src, T)
 
     def _digital(self, n: Node, x: Value, T: int) -> Value:
@@ -362,21 +357,30 @@ class TileSimulator:
     def _mvm(self, n: Node, s: Value, T: int, trace: SnnTrace, ev: Events) -> Value:
         from bsnnc.runtime.bitkernels import spike_counts
 
+        packed_conv = self._packed(n.result) and n.op == "conv2d"
+        s = s if packed_conv else nchw(s)  # the packed convolution reads either layout
         b = s.data.shape[1]
         flat = s.data.reshape(T * b, *s.data.shape[2:])
         trace.layer_input[n.result] = spike_counts(s.data)[0]
-        y, driven = self._product(n, flat)
-        positions = driven.shape[0] // flat.shape[0]
-        for j in range(len(self.row_blocks[n.result])):
-            self._count_mvm(n.result, j, driven[:, j], T, positions, ev)
-        return Value(y.reshape(T, b, *y.shape[1:]), False)
+        y, driven = self._product(n, flat, s.nhwc)
+        self._count_mvm(n.result, driven, T, driven.shape[0] // flat.shape[0], ev)
+        return Value(y.reshape(T, b, *y.shape[1:]), False, packed_conv)
 
-    def _product(self, n: Node, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The layer's outputs for spikes ``s`` [M, ...] (float32, [M, N, OH, OW] or [M, N])
-        and the driven rows per output position and row block, [M·OH·OW, blocks]."""
+    def _packed(self, layer: str) -> bool:
+        """True when the layer's kernel is the bit-packed one (±1 cells)."""
+        from bsnnc.runtime.bitkernels import PackedBlockedConv
+
+        return isinstance(self.kernels[layer], PackedBlockedConv)
+
+    def _product(self, n: Node, s: np.ndarray, nhwc: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The layer's outputs for spikes ``s`` [M, ...] (float32: [M, OH, OW, N] from the
+        packed kernel, [M, N, OH, OW] from the float64 one, or [M, N]) and the driven rows per
+        output position and row block, [M·OH·OW, blocks]."""
+        from bsnnc.runtime.bitkernels import PackedBlockedConv
+
         kernel = self.kernels[n.result]
-        if not isinstance(kernel, BlockedSpikeMatMul):
-            return kernel(s)
+        if isinstance(kernel, PackedBlockedConv):  # channels last out
+            return kernel(s, nhwc)
         cols, _ = self._cols(n, s)
         total, driven = kernel(cols)
         oh, ow = (
@@ -397,39 +401,44 @@ class TileSimulator:
         self.planes[n.result] = len(planes)  # each plane's row-block sums are added (``add``)
         for plane in planes:
             cols, positions = self._cols(n, plane)
-            for j, (r0, r1) in enumerate(self._row_bounds(n.result)):
-                driven = cols[:, r0:r1].sum(axis=1, dtype=np.int64)
-                self._count_mvm(n.result, j, driven, steps, positions, ev)
+            driven = np.stack(
+                [
+                    cols[:, r0:r1].sum(axis=1, dtype=np.int64)
+                    for r0, r1 in self._row_bounds(n.result)
+                ],
+                axis=1,
+            )
+            self._count_mvm(n.result, driven, steps, positions, ev)
 
     def _count_mvm(
-        self,
-        layer: str,
-        block: int,
-        driven_rows: np.ndarray,
-        steps: int,
-        positions: int,
-        ev: Events,
+        self, layer: str, driven_rows: np.ndarray, steps: int, positions: int, ev: Events
     ) -> None:
-        """Count one row block's events, per timestep and image (``steps`` is T, or 1 for an
-        input that is the same at every step). Positions are shared round-robin by the
-        layer's copies, which run in parallel."""
-        driven = driven_rows.reshape(steps, ev.b, positions)
-        issued = (driven > 0).sum(axis=2)
+        """Count the events of a layer's row blocks, per timestep and image (``steps`` is T,
+        or 1 for an input that is the same at every step); ``driven_rows`` [steps·b·positions,
+        blocks]. Positions are shared round-robin by the layer's copies, which run in
+        parallel."""
+        geometry = np.array(
+            [(r1 - r0, arrays, width) for r0, r1, arrays, width in self.row_blocks[layer]]
+        )
+        height, arrays, width = geometry[:, 0], geometry[:, 1], geometry[:, 2]
+        driven = driven_rows.reshape(steps, ev.b, positions, -1)
+        reads = driven > 0
+        issued = reads.sum(axis=2)  # [steps, b, blocks]
         rows = driven.sum(axis=2, dtype=np.int64)
         # a spike drives its row in each of the row block's arrays (one per column block)
-        r0, r1, arrays, width = self.row_blocks[layer][block]
-        ev.add("row_activations", rows * arrays)
-        ev.add_rows(layer, rows * arrays)
-        ev.add("reads_issued", issued * arrays)
-        ev.add("reads_skipped", (positions - issued) * arrays)
-        ev.add("conversions", issued * width)
-        ev.add("cell_reads", rows * width)  # every cell on a driven row, in its block
-        reads = driven > 0
+        ev.add("row_activations", rows @ arrays)
+        ev.add_rows(layer, rows @ arrays)
+        ev.add("reads_issued", issued @ arrays)
+        ev.add("reads_skipped", (positions - issued) @ arrays)
+        ev.add("conversions", issued @ width)
+        ev.add("cell_reads", rows @ width)  # every cell on a driven row, in its block
         copies = self.copies.get(layer, 1)
         # a read drives at most max_rows_driven rows at once: taller blocks take several phases
-        per_read = -(-(r1 - r0) // self.hw.max_rows_driven) * (self.hw.columns_per_adc + 1)
+        per_read = -(-height // self.hw.max_rows_driven) * (self.hw.columns_per_adc + 1)
         for k in range(copies):
-            ev.add_busy((layer, block, k), reads[:, :, k::copies].sum(axis=2) * per_read)
+            mine = reads[:, :, k::copies].sum(axis=2) * per_read  # [steps, b, blocks]
+            for block in range(len(height)):
+                ev.add_busy((layer, block, k), mine[:, :, block])
 
     def _count_add(self, s: Stmt, ev: Events) -> None:
         """Partial sums of the row blocks, added per output neuron (and timestep)."""
