@@ -511,3 +511,25 @@ def avgpool_fast(
     _avgpool(np.ascontiguousarray(x), nhwc, kernel[0], kernel[1], stride[0], stride[1],
              np.array(pad, np.int64), count_include_pad, out)  # fmt: skip
     return out
+
+
+@_jit(parallel=True)
+def _matmul_fixed(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """``out[m, n] = (((0 + a[m,0]·b[0,n]) + a[m,1]·b[1,n]) + …)`` in float64, k in order."""
+    for m in prange(a.shape[0]):
+        out[m, :] = 0.0
+        for k in range(a.shape[1]):
+            x = a[m, k]
+            for n in range(b.shape[1]):
+                out[m, n] += x * b[k, n]
+
+
+def matmul_fixed_order_fast(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`bsnnc.runtime.kernels.matmul_fixed_order` compiled, the same bits: the same
+    IEEE additions in the same order per output, and each product of float32 values is exact
+    in float64 (so a fused multiply-add, where the compiler uses one, rounds the same)."""
+    a64 = np.ascontiguousarray(a, np.float64)
+    b64 = np.ascontiguousarray(b, np.float64)
+    out = np.empty((a.shape[0], b.shape[1]), np.float64)
+    _matmul_fixed(a64, b64, out)
+    return out

@@ -17,7 +17,7 @@ count, and ``count_include_pad`` decides whether explicit pads count in an avera
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -56,6 +56,10 @@ def _windows(
             ]
 
 
+#: a product in float64 summed in k order (:func:`matmul_fixed_order` or a compiled twin)
+MatMul = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
 def matmul_fixed_order(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` in float64, summed over k = 0, 1, … in that order for every output element:
     ``y = (((a₀·b₀) + a₁·b₁) + …)``. Elementwise IEEE operations in a fixed order: the result
@@ -76,9 +80,11 @@ def conv2d(
     pad: Pads,
     dilation: tuple[int, int],
     fixed_order: bool = False,
+    matmul: MatMul = matmul_fixed_order,
 ) -> np.ndarray:
     """Cross-correlation of ``x`` [N,C,H,W] with ``w`` [O,C,kh,kw] via im2col + one GEMM
-    (or :func:`matmul_fixed_order` in float64 when ``fixed_order``)."""
+    (or, in float64 when ``fixed_order``, ``matmul``: :func:`matmul_fixed_order` or a kernel
+    that computes the same bits)."""
     kh, kw = w.shape[2], w.shape[3]
     oh, ow = _out_hw(x, (kh, kw), stride, dilation, pad, False)
     need_h, need_w = (
@@ -102,19 +108,21 @@ def conv2d(
                 cs = slice(c0, c0 + stride[1] * (ow - 1) + 1, stride[1])
                 cols[:, :, :, u, v, :] = xs[:, rows, cs, :]
         a = cols.reshape(-1, kh * kw * c)
-        y = matmul_fixed_order(a, wm) if fixed_order else a @ wm
+        y = matmul(a, wm) if fixed_order else a @ wm
         out[s : s + step] = y.reshape(xs.shape[0], oh, ow, o).transpose(0, 3, 1, 2)
     return out
 
 
-def dense(x: np.ndarray, w: np.ndarray, fixed_order: bool = False) -> np.ndarray:
+def dense(
+    x: np.ndarray, w: np.ndarray, fixed_order: bool = False, matmul: MatMul = matmul_fixed_order
+) -> np.ndarray:
     """``y = x · Wᵀ`` with ``W`` [out, in], in the dtype of ``x`` (float32 or float64), or in
     float64 with :func:`matmul_fixed_order` when ``fixed_order``.
 
     Weights stored in another dtype (int8 signs) are converted a block of output rows at a
     time, so a large layer's weights are never copied whole."""
     if fixed_order:
-        return matmul_fixed_order(x, w.T)
+        return matmul(x, w.T)
     dtype = np.result_type(x.dtype, np.float32)
     if w.dtype == dtype:
         return np.asarray(x @ w.T)

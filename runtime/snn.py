@@ -287,11 +287,13 @@ def digital(n: Node, x: Value, consts: list[np.ndarray], T: int) -> Value:
     if x.static and has_trait(n.op, Trait.WEIGHTED):
         # computed once from the input: float64 in a fixed summation order (exact products),
         # so the current is the same on every CPU and for every batch size
+        from bsnnc.runtime.bitkernels import matmul_fixed_order_fast as fast
+
         data = x.data
         y = (
-            K.dense(data, consts[0], fixed_order=True)
+            K.dense(data, consts[0], fixed_order=True, matmul=fast)
             if n.op == "dense"
-            else _conv64(data, consts[0], n, fixed_order=True)
+            else _conv64(data, consts[0], n, fixed=fast)
         )
         return Value(y, True)
     if x.static:
@@ -322,10 +324,14 @@ def _avgpool32(x: np.ndarray, n: Node, nhwc: bool = False) -> np.ndarray:
     )  # fmt: skip
 
 
-def _conv64(x: np.ndarray, w: np.ndarray, n: Node, fixed_order: bool = False) -> np.ndarray:
+def _conv64(x: np.ndarray, w: np.ndarray, n: Node, fixed: K.MatMul | None = None) -> np.ndarray:
+    """The node's convolution: BLAS, or with ``fixed`` in float64 summed in a fixed order."""
     s, p, d = (
         attr_ints(n.attrs, "stride"),
         attr_ints(n.attrs, "pad"),
         attr_ints(n.attrs, "dilation"),
     )
-    return K.conv2d(x, w, (s[0], s[1]), (p[0], p[1], p[2], p[3]), (d[0], d[1]), fixed_order)
+    geometry = ((s[0], s[1]), (p[0], p[1], p[2], p[3]), (d[0], d[1]))
+    if fixed is None:
+        return K.conv2d(x, w, *geometry)
+    return K.conv2d(x, w, *geometry, fixed_order=True, matmul=fixed)

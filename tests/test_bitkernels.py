@@ -246,3 +246,16 @@ def test_results_do_not_depend_on_the_thread_count(tmp_path: Path) -> None:
             reports.append(r)
     assert reports[0] == reports[2] and reports[1] == reports[3]
     assert reports[0]["spike_digest"] == reports[1]["spike_digest"]
+
+
+def test_compiled_fixed_order_product_equals_the_reference() -> None:
+    """Float32 values of every magnitude and sign (sums that round, cancel, produce -0.0)."""
+    from bsnnc.runtime.bitkernels import matmul_fixed_order_fast
+
+    rng = np.random.default_rng(4)
+    a = (rng.standard_normal((50, 27)) * 10.0 ** rng.integers(-20, 20, (50, 27))).astype(np.float32)
+    b = (rng.standard_normal((27, 19)) * 10.0 ** rng.integers(-20, 20, (27, 19))).astype(np.float32)
+    a[3] = -0.0
+    ref = K.matmul_fixed_order(a, b)
+    got = matmul_fixed_order_fast(a, b)
+    assert got.tobytes() == ref.tobytes()  # bit for bit, signed zeros included

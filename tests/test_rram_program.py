@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import GOLDEN
 from zoo import ZOO
 
 from bsnnc.backends.rram.emit import check_program, emit_program, integer_thresholds
@@ -20,6 +22,7 @@ from bsnnc.backends.rram.program import (
     BlockDecl,
     Instruction,
     NeuronDecl,
+    Program,
     SendStmt,
     Tok,
     parse_program,
@@ -241,3 +244,65 @@ def test_typed_views_of_the_statements(zoo_data: Path) -> None:
     assert sends and all(s.hops >= 0 for s in sends)
     mvms = [Instruction.of(s) for s in program.body if s.op == "mvm"]
     assert all(i.arrays and i.operands for i in mvms)
+
+
+def test_the_canonical_reader_knows_the_grammars_opcodes() -> None:
+    from importlib import resources
+
+    from bsnnc.backends.rram.program import OPCODES
+
+    grammar = resources.files("bsnnc.backends.rram").joinpath("program.lark").read_text("utf-8")
+    line = next(ln for ln in grammar.splitlines() if ln.startswith("OPCODE"))
+    assert set(re.findall(r'"([a-z]+)"', line)) == set(OPCODES)
+
+
+def _positions(p: Program) -> list[tuple[int, int] | None]:
+    return [s.pos for s in [*p.decls, *p.once, *p.body]]
+
+
+@pytest.mark.parametrize("path", sorted(GOLDEN.glob("*/program.txt")), ids=lambda p: p.parent.name)
+def test_canonical_reader_equals_the_grammar(path: Path) -> None:
+    """Printed programs take the fast line reader; it gives what the grammar gives, positions
+    included."""
+    from bsnnc.backends.rram.program import _parse_canonical, _parse_with_grammar
+
+    text = path.read_text(encoding="utf-8")
+    fast = _parse_canonical(text, str(path))
+    assert fast is not None
+    slow = _parse_with_grammar(text, str(path))
+    assert fast == slow and _positions(fast) == _positions(slow)
+
+
+def test_canonical_reader_agrees_with_the_grammar_on_mutated_programs() -> None:
+    """3,000 seeded one-character mutations of a golden program: whenever the line reader
+    accepts a text, the grammar accepts it too and reads the same program; every text the
+    grammar rejects, the line reader passes on (so errors always come from the grammar)."""
+    from bsnnc.backends.rram.program import _parse_canonical, _parse_with_grammar
+
+    text = (GOLDEN / "vgg_small" / "program.txt").read_text(encoding="utf-8")
+    rng = np.random.default_rng(7)
+    alphabet = [*' \n\t"%@:.-/{}0123456789aeoxsrtz_Ef', "add", "once", "1e9", "9" * 20]
+    accepted = 0
+    for _ in range(3000):
+        i = int(rng.integers(len(text)))
+        kind = int(rng.integers(3))
+        piece = alphabet[int(rng.integers(len(alphabet)))]
+        mutated = (
+            text[:i] + piece + text[i:]
+            if kind == 0
+            else text[:i] + text[i + 1 :]
+            if kind == 1
+            else text[:i] + piece + text[i + 1 :]
+        )
+        fast = _parse_canonical(mutated, "m")
+        try:
+            slow = _parse_with_grammar(mutated, "m")
+        except IRParseError:
+            assert fast is None, repr(mutated[max(0, i - 40) : i + 40])
+            continue
+        if fast is not None:
+            accepted += 1
+            assert fast == slow and _positions(fast) == _positions(slow), repr(
+                mutated[max(0, i - 40) : i + 40]
+            )
+    assert accepted > 1000  # most mutations keep the canonical form (digits, names)
