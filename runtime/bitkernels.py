@@ -12,12 +12,20 @@ one AND and one popcount for 64 multiply-accumulates. A convolution sums this ov
 threads or the CPU, and equals the float reference bit for bit. Two refinements cost nothing
 in exactness: a word with no spike adds nothing and is skipped (whole silent patches cost only
 the popcount of their row), and the sum over output channels is vectorized (a word of spikes
-against one word of weights per channel, contiguous in memory).
+against one word of weights per channel, contiguous in memory, int32 sums). Outputs are
+channels last, [B, OH, OW, O]: each position's outputs are one contiguous run (writing them
+in the IR's [B, O, OH, OW] order had made the first VGG-15 layer 6× slower).
 
 **IF scan.** ``v ← v + z[t]; s[t] = (v ≥ θ); v ← v − θ·s[t]`` (subtract) or ``v ← 0`` where
 ``s[t]`` (zero), in float64, exactly the operations of :func:`bsnnc.runtime.snn.if_scan` in the
 same order per neuron, so the spikes and membranes are the same bits; neurons are independent,
-so the scan runs in parallel over them with time as the inner loop of each block.
+so the scan runs in parallel over them with time as the inner loop of each block, and counts
+the spikes per step and per neuron as it goes.
+
+**Other passes**, each the same bits as its numpy definition: the average pool in float32
+(:func:`bsnnc.runtime.kernels.avgpool`), the crossbar's blocked product with the ADC's clip
+(:class:`bsnnc.runtime.intkernels.BlockedSpikeMatMul`) and the fixed-order float64 product of
+the first layer (:func:`bsnnc.runtime.kernels.matmul_fixed_order`).
 
 numba compiles the kernels on first use and caches them next to this file (``__pycache__``);
 the module is imported only when a spiking graph runs.

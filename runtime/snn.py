@@ -17,8 +17,10 @@ depend on the CPU or the batch size. Products of spikes with ±1 weights are exa
 computed by AND-popcount over bit-packed words, and the IF scan is one fused pass per layer
 (:mod:`bsnnc.runtime.bitkernels`: the same float64 operations as :func:`if_scan`, which stays
 the definition); full-precision products of spikes are computed in float64, which is exact for
-0/1 inputs and so independent of the summation order. The images are processed in chunks that
-fit ``max_memory``.
+0/1 inputs and so independent of the summation order. Between the compiled passes (binary
+convolution → average pool → IF → the next binary convolution) values stay channels last
+(``Value.nhwc``); any other op gets them in the IR's layout. The images are processed in
+chunks that fit ``max_memory``.
 """
 
 from __future__ import annotations

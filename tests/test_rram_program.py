@@ -306,3 +306,9 @@ def test_canonical_reader_agrees_with_the_grammar_on_mutated_programs() -> None:
                 mutated[max(0, i - 40) : i + 40]
             )
     assert accepted > 1000  # most mutations keep the canonical form (digits, names)
+
+
+def test_canonical_reader_leaves_surrogates_to_the_grammar() -> None:
+    text = '// bsnnc tile program v1\nprogram @p hw "rram\ud800" {\n  loop timestep {\n  }\n}\n'
+    with pytest.raises(IRParseError, match="surrogate"):
+        parse_program(text, "p")

@@ -279,7 +279,7 @@ class TileSimulator:
             t = self.nodes[layer].type
             positions = int(t.shape[2] or 1) * int(t.shape[3] or 1) if t.rank == 4 else 1
             kernels += 12 * positions * len(blocks) + 8 * t.numel_per_sample()
-            if not self._packed(layer):
+            if layer in self.kernels and not self._packed(layer):
                 kernels += 9 * positions * int(self.weights[layer].shape[0])
         return events + kernels
 
