@@ -6,6 +6,8 @@ Ctrl-C while they load ends like Ctrl-C at any later point: one line, exit 130, 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 
 
@@ -17,7 +19,12 @@ def entry() -> int:
         return main()
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
-        return 130
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        # exit now with 130: an interrupt that landed inside an import can leave the
+        # interpreter set to re-raise SIGINT on its way out (seen once in CI as exit -2)
+        os._exit(130)
 
 
 if __name__ == "__main__":
