@@ -51,11 +51,12 @@ class Value:
 
 
 def nchw(v: Value) -> Value:
-    """``v`` in the IR's layout."""
+    """``v`` in the IR's layout (channels-last values come from the compiled passes over
+    spikes, so they are never static)."""
     if not v.nhwc:
         return v
-    axes = (0, 3, 1, 2) if v.static else (0, 1, 4, 2, 3)
-    return Value(np.ascontiguousarray(v.data.transpose(axes)), v.static)
+    assert not v.static
+    return Value(np.ascontiguousarray(v.data.transpose(0, 1, 4, 2, 3)), False)
 
 
 @dataclass

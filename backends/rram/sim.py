@@ -60,6 +60,12 @@ if TYPE_CHECKING:  # numba and onnx are imported when a kernel is built, not wit
     from bsnnc.runtime.intkernels import BlockedSpikeMatMul
 
 
+def _is_packed(kernel: object) -> bool:
+    from bsnnc.runtime.bitkernels import PackedBlockedConv
+
+    return isinstance(kernel, PackedBlockedConv)
+
+
 def _im2col(s: np.ndarray, n: Node, kh: int, kw: int) -> tuple[np.ndarray, int, int]:
     """Spikes [B, C, H, W] → rows [B·oh·ow, kh·kw·C] in (ky, kx, c) order (uint8)."""
     st, pad, dil = (
@@ -165,6 +171,8 @@ class TileSimulator:
         self.row_blocks = {layer: self._row_block_geometry(layer) for layer in self.blocks}
         self.weights = {k[1:-2]: self._unpack(k) for k in self.arrays if k.endswith(".w")}
         self.kernels = {layer: self._row_block_kernels(layer) for layer in self.weights}
+        #: the layers whose kernel is the bit-packed one (±1 cells; the rest: perturbed)
+        self.packed = {k for k, v in self.kernels.items() if _is_packed(v)}
         #: per node index, the values it uses last (freed after it), and each result's index
         self._last = last_uses(self.g)
         self._order = {n.result: i for i, n in enumerate(self.g.nodes)}
@@ -279,7 +287,7 @@ class TileSimulator:
             t = self.nodes[layer].type
             positions = int(t.shape[2] or 1) * int(t.shape[3] or 1) if t.rank == 4 else 1
             kernels += 12 * positions * len(blocks) + 8 * t.numel_per_sample()
-            if layer in self.kernels and not self._packed(layer):
+            if layer in self.kernels and layer not in self.packed:
                 kernels += 9 * positions * int(self.weights[layer].shape[0])
         return events + kernels
 
@@ -357,7 +365,7 @@ class TileSimulator:
     def _mvm(self, n: Node, s: Value, T: int, trace: SnnTrace, ev: Events) -> Value:
         from bsnnc.runtime.bitkernels import spike_counts
 
-        packed_conv = self._packed(n.result) and n.op == "conv2d"
+        packed_conv = n.result in self.packed and n.op == "conv2d"
         s = s if packed_conv else nchw(s)  # the packed convolution reads either layout
         b = s.data.shape[1]
         flat = s.data.reshape(T * b, *s.data.shape[2:])
@@ -365,12 +373,6 @@ class TileSimulator:
         y, driven = self._product(n, flat, s.nhwc)
         self._count_mvm(n.result, driven, T, driven.shape[0] // flat.shape[0], ev)
         return Value(y.reshape(T, b, *y.shape[1:]), False, packed_conv)
-
-    def _packed(self, layer: str) -> bool:
-        """True when the layer's kernel is the bit-packed one (±1 cells)."""
-        from bsnnc.runtime.bitkernels import PackedBlockedConv
-
-        return isinstance(self.kernels[layer], PackedBlockedConv)
 
     def _product(self, n: Node, s: np.ndarray, nhwc: bool) -> tuple[np.ndarray, np.ndarray]:
         """The layer's outputs for spikes ``s`` [M, ...] (float32: [M, OH, OW, N] from the
