@@ -248,36 +248,50 @@ def _if_scan(
     [Tz, N, P] (Tz = 1: the same current every step), ``theta`` [C] with neuron p in channel
     ``(p // inner) % C``, membranes ``v`` [N, P] float64 (updated), spikes ``out`` [steps, N,
     P] uint8, and their counts: ``per_step`` [steps, N] (over neurons) and ``per_neuron``
-    [N, P] (over steps). Parallel over blocks of one image's neurons."""
+    [N, P] (over steps). Parallel over blocks of one image's neurons; within a block the
+    membranes stay in a local buffer, each step is one branch-free pass over the block (one
+    loop per reset mode, so that it vectorizes), and ``x − (θ if fired else 0)`` is ``x`` bit
+    for bit when the neuron does not fire."""
     steps = out.shape[0]
     n_n, p_n = v.shape
     c_n = theta.shape[0]
     static = z.shape[0] == 1
-    block = 2048
+    block = 1024
     blocks = (p_n + block - 1) // block
     partial = np.zeros((n_n * blocks, steps), np.int64)
     for job in prange(n_n * blocks):
         n, p0 = job // blocks, (job % blocks) * block
-        p1 = min(p_n, p0 + block)
-        th = np.empty(p1 - p0, np.float64)
-        for p in range(p0, p1):
-            th[p - p0] = theta[(p // inner) % c_n]
-        count = np.zeros(p1 - p0, np.int32)
+        m = min(p_n, p0 + block) - p0
+        th = np.empty(m, np.float64)
+        vv = np.empty(m, np.float64)
+        for p in range(m):
+            th[p] = theta[((p0 + p) // inner) % c_n]
+            vv[p] = v[n, p0 + p]
+        count = np.zeros(m, np.int32)
         for t in range(steps):
-            zt = 0 if static else t
+            zrow = z[0 if static else t, n, p0 : p0 + m]
+            orow = out[t, n, p0 : p0 + m]
             total = 0
-            for p in range(p0, p1):
-                x = v[n, p] + np.float64(z[zt, n, p])
-                fired = x >= th[p - p0]
-                if fired:
-                    x = x - th[p - p0] if subtract else 0.0
-                v[n, p] = x
-                out[t, n, p] = fired
-                total += fired
-                count[p - p0] += fired
+            if subtract:
+                for p in range(m):
+                    x = vv[p] + np.float64(zrow[p])
+                    fired = x >= th[p]
+                    vv[p] = x - (th[p] if fired else 0.0)
+                    orow[p] = fired
+                    count[p] += fired
+                    total += fired
+            else:
+                for p in range(m):
+                    x = vv[p] + np.float64(zrow[p])
+                    fired = x >= th[p]
+                    vv[p] = 0.0 if fired else x
+                    orow[p] = fired
+                    count[p] += fired
+                    total += fired
             partial[job, t] = total
-        for p in range(p0, p1):
-            per_neuron[n, p] = count[p - p0]
+        for p in range(m):
+            per_neuron[n, p0 + p] = count[p]
+            v[n, p0 + p] = vv[p]
     for n in range(n_n):
         for t in range(steps):
             per_step[t, n] = partial[n * blocks : (n + 1) * blocks, t].sum()

@@ -81,10 +81,12 @@ def conv2d(
     dilation: tuple[int, int],
     fixed_order: bool = False,
     matmul: MatMul = matmul_fixed_order,
+    channels_last: bool = False,
 ) -> np.ndarray:
     """Cross-correlation of ``x`` [N,C,H,W] with ``w`` [O,C,kh,kw] via im2col + one GEMM
     (or, in float64 when ``fixed_order``, ``matmul``: :func:`matmul_fixed_order` or a kernel
-    that computes the same bits)."""
+    that computes the same bits); the result is [N,O,OH,OW], or with ``channels_last`` the
+    same numbers as [N,OH,OW,O] (the GEMM's own layout, no transposed copy)."""
     kh, kw = w.shape[2], w.shape[3]
     oh, ow = _out_hw(x, (kh, kw), stride, dilation, pad, False)
     need_h, need_w = (
@@ -96,7 +98,7 @@ def conv2d(
     xp = np.ascontiguousarray(_pad_to(x, pad, need_h, need_w, 0.0).transpose(0, 2, 3, 1), dtype)
     n, c, o = x.shape[0], x.shape[1], w.shape[0]
     wm = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(kh * kw * c, o), dtype)
-    out = np.empty((n, o, oh, ow), dtype)
+    out = np.empty((n, oh, ow, o) if channels_last else (n, o, oh, ow), dtype)
     step = max(1, IM2COL_BYTES // max(oh * ow * kh * kw * c * dtype.itemsize, 1))
     for s in range(0, n, step):
         xs = xp[s : s + step]
@@ -109,7 +111,8 @@ def conv2d(
                 cols[:, :, :, u, v, :] = xs[:, rows, cs, :]
         a = cols.reshape(-1, kh * kw * c)
         y = matmul(a, wm) if fixed_order else a @ wm
-        out[s : s + step] = y.reshape(xs.shape[0], oh, ow, o).transpose(0, 3, 1, 2)
+        y4 = y.reshape(xs.shape[0], oh, ow, o)
+        out[s : s + step] = y4 if channels_last else y4.transpose(0, 3, 1, 2)
     return out
 
 

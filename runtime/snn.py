@@ -51,12 +51,11 @@ class Value:
 
 
 def nchw(v: Value) -> Value:
-    """``v`` in the IR's layout (channels-last values come from the compiled passes over
-    spikes, so they are never static)."""
+    """``v`` in the IR's layout."""
     if not v.nhwc:
         return v
-    assert not v.static
-    return Value(np.ascontiguousarray(v.data.transpose(0, 1, 4, 2, 3)), False)
+    axes = (0, 3, 1, 2) if v.static else (0, 1, 4, 2, 3)
+    return Value(np.ascontiguousarray(v.data.transpose(axes)), v.static)
 
 
 @dataclass
@@ -289,16 +288,13 @@ def digital(n: Node, x: Value, consts: list[np.ndarray], T: int) -> Value:
     x = nchw(x)
     if x.static and has_trait(n.op, Trait.WEIGHTED):
         # computed once from the input: float64 in a fixed summation order (exact products),
-        # so the current is the same on every CPU and for every batch size
+        # so the current is the same on every CPU and for every batch size; a convolution's
+        # current stays channels last (the IF scan and the next packed layer read it so)
         from bsnnc.runtime.bitkernels import matmul_fixed_order_fast as fast
 
-        data = x.data
-        y = (
-            K.dense(data, consts[0], fixed_order=True, matmul=fast)
-            if n.op == "dense"
-            else _conv64(data, consts[0], n, fixed=fast)
-        )
-        return Value(y, True)
+        if n.op == "dense":
+            return Value(K.dense(x.data, consts[0], fixed_order=True, matmul=fast), True)
+        return Value(_conv64(x.data, consts[0], n, fixed=fast), True, True)
     if x.static:
         return Value(ANN_KERNELS[n.op]([x.data, *consts], n.attrs), True)
     flat = x.data.reshape(T * x.data.shape[1], *x.data.shape[2:])
@@ -328,7 +324,8 @@ def _avgpool32(x: np.ndarray, n: Node, nhwc: bool = False) -> np.ndarray:
 
 
 def _conv64(x: np.ndarray, w: np.ndarray, n: Node, fixed: K.MatMul | None = None) -> np.ndarray:
-    """The node's convolution: BLAS, or with ``fixed`` in float64 summed in a fixed order."""
+    """The node's convolution: BLAS ([N, O, OH, OW]), or with ``fixed`` in float64 summed in
+    a fixed order, channels last ([N, OH, OW, O])."""
     s, p, d = (
         attr_ints(n.attrs, "stride"),
         attr_ints(n.attrs, "pad"),
@@ -337,4 +334,4 @@ def _conv64(x: np.ndarray, w: np.ndarray, n: Node, fixed: K.MatMul | None = None
     geometry = ((s[0], s[1]), (p[0], p[1], p[2], p[3]), (d[0], d[1]))
     if fixed is None:
         return K.conv2d(x, w, *geometry)
-    return K.conv2d(x, w, *geometry, fixed_order=True, matmul=fixed)
+    return K.conv2d(x, w, *geometry, fixed_order=True, matmul=fixed, channels_last=True)

@@ -412,3 +412,30 @@ def test_diagnostic_caret_follows_tabs_and_clamps() -> None:
     text = "a\n\tb\tc\n"
     assert format_diagnostic("f", text, 2, 4, "m") == "f:2:4: m\n  \tb\tc\n  \t \t^"
     assert format_diagnostic("f", text, 9, 3, "m") == "f:9:3: m\n  \n    ^"
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [(0, [0, 0]), (2, [4, 35]), (-128, [2, 17]), (-2, [1, 3])],
+)
+def test_attach_weights_refuses_a_bipolar_value_other_than_plus_minus_one(
+    value: int, where: list[int]
+) -> None:
+    g = parse(print_graph(small_graph()))
+    weights = small_graph().weights()
+    w1 = weights["w1"].copy()
+    w1[tuple(where)] = value
+    with pytest.raises(VerifyError, match=rf"@w1: a value other than 1 and -1, {value} at index "):
+        g.attach_weights({**weights, "w1": w1})
+    with pytest.raises(VerifyError) as e:
+        g.attach_weights({**weights, "w1": w1})
+    assert str(e.value).endswith(f"at index {where}")
+
+
+def test_attach_weights_accepts_a_bipolar_layer_of_plus_minus_one() -> None:
+    g = parse(print_graph(small_graph()))
+    weights = small_graph().weights()
+    g.attach_weights(weights)
+    assert g.constants["w1"].data is not None
+    assert set(np.unique(g.constants["w1"].data).tolist()) == {-1, 1}
+    verify(g)

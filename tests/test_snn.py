@@ -23,7 +23,7 @@ from bsnnc.runtime.simulate import (
     metrics,
     run_chunks,
 )
-from bsnnc.runtime.snn import SnnRuntime, Value, if_scan
+from bsnnc.runtime.snn import SnnRuntime, Value, if_scan, nchw
 
 
 def convert(onnx_path: Path, calib: str, **opts: object) -> Graph:
@@ -141,3 +141,16 @@ def test_chunk_size_respects_memory_bound(digits_graph: Graph) -> None:
 def test_runtime_rejects_an_unconverted_graph() -> None:
     with pytest.raises(Exception, match=r"readout|binary layer must read spikes"):
         SnnRuntime(import_onnx(embedded_file("digits.onnx")))
+
+
+def test_nchw_of_a_static_and_of_a_timed_channels_last_value() -> None:
+    rng = np.random.default_rng(0)
+    static = rng.standard_normal((2, 3, 4, 5))  # [N, C, H, W]
+    back = nchw(Value(np.ascontiguousarray(static.transpose(0, 2, 3, 1)), True, True))
+    assert back.static and not back.nhwc and back.data.flags.c_contiguous
+    assert np.array_equal(back.data, static)
+    timed = rng.integers(0, 2, (4, 2, 3, 4, 5)).astype(np.uint8)  # [T, N, C, H, W]
+    back = nchw(Value(np.ascontiguousarray(timed.transpose(0, 1, 3, 4, 2)), False, True))
+    assert not back.static and not back.nhwc and np.array_equal(back.data, timed)
+    same = Value(static, True)
+    assert nchw(same) is same
