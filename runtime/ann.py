@@ -51,7 +51,7 @@ def _affine(xs: list[np.ndarray], a: Attrs, key: str, add: bool) -> np.ndarray:
 ANN_KERNELS: dict[str, Kernel] = {
     "conv2d": lambda xs, a: K.conv2d(
         xs[0].astype(_float(xs[0]), copy=False),
-        xs[1].astype(_float(xs[0])),
+        xs[1],
         _pair(a, "stride"),
         _pads(a),
         _pair(a, "dilation"),

@@ -97,7 +97,8 @@ def conv2d(
     # channels last, so that every patch copy moves contiguous runs of C values
     xp = np.ascontiguousarray(_pad_to(x, pad, need_h, need_w, 0.0).transpose(0, 2, 3, 1), dtype)
     n, c, o = x.shape[0], x.shape[1], w.shape[0]
-    wm = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(kh * kw * c, o), dtype)
+    # reordered in the weights' own (smaller) dtype, then converted: the same exact values
+    wm = w.transpose(2, 3, 1, 0).reshape(kh * kw * c, o).astype(dtype)
     out = np.empty((n, oh, ow, o) if channels_last else (n, o, oh, ow), dtype)
     step = max(1, IM2COL_BYTES // max(oh * ow * kh * kw * c * dtype.itemsize, 1))
     for s in range(0, n, step):

@@ -227,3 +227,40 @@ def test_passes_say_whether_they_changed_the_graph(zoo_data: Path) -> None:
     twice = run_pipeline(once.graph, names=["dce", "canonicalize"])
     assert [p.changed for p in twice.passes] == [False, False]
     assert twice.graph is once.graph or print_graph(twice.graph) == print_graph(once.graph)
+
+
+def _input_bias_graph() -> Graph:
+    """input → bias → conv (no pad, ±1) → relu → flatten → bias → dense (±1) → readout-free
+    ANN: both biases sit on a weighted op's input and fold into W·b."""
+    rng = np.random.default_rng(3)
+    b = GraphBuilder("input_bias")
+    x = b.input("x", TensorType(Kind.F32, (None, 3, 5, 5)))
+    y = b.add("bias", [x, b.const("b0", Kind.F32, rng.normal(size=3))], {"axis": 1, "value": 0.0})
+    w0 = b.const("w0", Kind.BIPOLAR, np.where(rng.normal(size=(4, 3, 3, 3)) > 0, 1, -1))
+    y = b.add("conv2d", [y, w0])
+    y = b.add("relu", [y])
+    y = b.add("flatten", [y])
+    y = b.add("bias", [y, b.const("b1", Kind.F32, rng.normal(size=36))], {"axis": 1, "value": 0.0})
+    w1 = b.const("w1", Kind.BIPOLAR, np.where(rng.normal(size=(6, 36)) > 0, 1, -1))
+    y = b.add("dense", [y, w1])
+    return b.finish([y])
+
+
+def test_a_bias_on_a_weighted_input_folds_into_w_times_b(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bsnnc.compiler.passes.fold_scales as fs
+
+    g0 = _input_bias_graph()
+    x = np.random.default_rng(4).normal(size=(5, 3, 5, 5)).astype(np.float32)
+    want = run_ann(g0, x, dtype=np.float64)[g0.outputs[0]]
+    texts = []
+    for block in (1 << 20, 8 * 27 * 3):  # one block, and blocks of 3 output rows
+        monkeypatch.setattr(fs, "_INPUT_BIAS_BLOCK_BYTES", block)
+        folded = REGISTRY["fold-scales"].run(g0, PassOptions()).graph
+        ops = [n.op for n in folded.nodes]
+        assert "bias" in ops and all(
+            ops[i - 1] != "bias" for i, op in enumerate(ops) if op in ("conv2d", "dense")
+        )
+        got = run_ann(folded, x, dtype=np.float64)[folded.outputs[0]]
+        assert rel(got, want) <= 1e-6  # the folded biases are stored as float32
+        texts.append(print_graph(folded))
+    assert texts[0] == texts[1]  # the block size changes no bit

@@ -33,6 +33,9 @@ from bsnnc.ir.graph import Constant, Graph, Node, attr_ints, channel_param
 from bsnnc.ir.ops import Trait, has_trait
 from bsnnc.ir.types import Kind
 
+#: float64 weights converted at a time by :meth:`_Folder.input_bias`
+_INPUT_BIAS_BLOCK_BYTES = 32 << 20
+
 
 class _Folder:
     def __init__(self, g: Graph) -> None:
@@ -131,15 +134,23 @@ class _Folder:
         self.aff[n.result] = out
 
     def input_bias(self, n: Node, b: np.ndarray) -> np.ndarray:
-        """``W·b`` for a bias on the input of a weighted op (see the module docstring)."""
-        w = self.g.constants[n.const_operands()[0]].array().astype(np.float64)
+        """``W·b`` for a bias on the input of a weighted op (see the module docstring), in
+        float64, a block of output rows at a time (a large layer's weights are never copied
+        whole: VGG-15's first dense layer would take 822 MB as float64)."""
+        w = self.g.constants[n.const_operands()[0]].array()
         if not np.any(b != 0):
             return np.zeros(w.shape[0])
-        if n.op == "dense":
-            return np.asarray(w @ b)
-        if any(attr_ints(n.attrs, "pad")):
+        if n.op != "dense" and any(attr_ints(n.attrs, "pad")):
             raise self.fail(n, "a bias on the input of a padded convolution cannot be folded")
-        return np.asarray(np.einsum("ocuv,c->o", w, b))
+        out = np.empty(w.shape[0])
+        step = max(1, _INPUT_BIAS_BLOCK_BYTES // max(8 * w[0].size, 1))
+        for r in range(0, w.shape[0], step):
+            rows = w[r : r + step].astype(np.float64)
+            if n.op == "dense":
+                out[r : r + step] = rows @ b
+            else:
+                out[r : r + step] = np.einsum("ocuv,c->o", rows, b)
+        return out
 
     def make_positive(self, n: Node, a: Affine) -> None:
         """Negate origin weight channels so that every ``s_c`` ≥ 0."""
