@@ -11,20 +11,33 @@ import os
 import sys
 
 
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+
+
 def entry() -> int:
-    """Import and run the CLI (:func:`bsnnc.compiler.cli.main`); returns the exit code."""
+    """Import and run the CLI (:func:`bsnnc.compiler.cli.main`) and end the process with its
+    exit code.
+
+    The process ends with ``os._exit`` once stdout and stderr are flushed: every file a
+    command writes is closed and renamed into place before :func:`main` returns, and the
+    interpreter's own teardown (numba's LLVM and thread pools, module finalizers) took
+    0.25 s of a 1.4 s ``simulate`` on VGG-15 (measured 2026-12-03). A command that exits
+    through ``SystemExit`` (argparse's usage errors, ``--help``) takes the normal way out."""
     try:
         from bsnnc.compiler.cli import main
 
-        return main()
+        code = main()
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
+        _flush()
         # exit now with 130: an interrupt that landed inside an import can leave the
         # interpreter set to re-raise SIGINT on its way out (seen once in CI as exit -2)
         os._exit(130)
+    _flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

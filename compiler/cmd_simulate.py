@@ -212,6 +212,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-ann", action="store_true", help="skip the ANN accuracy")
     p.add_argument("--json", action="store_true", help="print one JSON object to stdout")
     p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also report the wall seconds spent in each layer (JSON: layer_seconds)",
+    )
+    p.add_argument(
         "--plot",
         type=Path,
         metavar="PNG",
@@ -341,6 +346,8 @@ def _simulate(args: argparse.Namespace) -> int:
             and images.name == art.meta.get("dataset"),
         }
     )
+    if args.profile:
+        out["layer_seconds"] = layer_seconds(g, chunks.seconds)
     if sim is not None and energy is not None:
         out.update(rram_report(sim, counters, len(images), energy))
     if args.plot is not None:
@@ -508,3 +515,37 @@ def _print(out: dict[str, Any]) -> None:
     for k, v in out["spike_rates"].items():
         r.add_row(k, f"{v:.4f}")
     err.print(r)
+    if "layer_seconds" in out:
+        _print_profile(out["layer_seconds"], out["seconds"])
+
+
+def layer_seconds(g: Graph, seconds: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """``--profile``: per node that ran (graph order), its op and wall seconds over the run."""
+    return {
+        f"%{n.result}": {"op": n.op, "seconds": round(seconds[n.result], 6)}
+        for n in g.nodes
+        if n.result in seconds
+    }
+
+
+def _print_profile(layers: dict[str, dict[str, Any]], total: float) -> None:
+    """The ten slowest layers and each op's share of the simulation's wall time."""
+    t = Table(title="profile (wall seconds)", title_justify="left")
+    for name, justify in (
+        ("layer", "left"),
+        ("op", "left"),
+        ("seconds", "right"),
+        ("share", "right"),
+    ):
+        t.add_column(name, justify=justify)  # type: ignore[arg-type]
+    slowest = sorted(layers.items(), key=lambda kv: -float(kv[1]["seconds"]))[:10]
+    for name, row in slowest:
+        s = float(row["seconds"])
+        t.add_row(name, str(row["op"]), f"{s:.3f}", f"{s / total:.0%}" if total else "")
+    by_op: dict[str, float] = {}
+    for row in layers.values():
+        by_op[str(row["op"])] = by_op.get(str(row["op"]), 0.0) + float(row["seconds"])
+    t.add_section()
+    for op, s in sorted(by_op.items(), key=lambda kv: -kv[1]):
+        t.add_row("all", op, f"{s:.3f}", f"{s / total:.0%}" if total else "")
+    err.print(t)

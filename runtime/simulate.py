@@ -34,7 +34,7 @@ from bsnnc.ir.graph import Graph
 from bsnnc.ir.ops import Trait, has_trait, is_binary_layer, layer_ops
 from bsnnc.runtime.ann import run_ann
 from bsnnc.runtime.datasets import Images
-from bsnnc.runtime.snn import SnnRuntime, SnnTrace
+from bsnnc.runtime.snn import SnnRuntime, SnnTrace, add_seconds
 
 Progress = Callable[[int], None]
 
@@ -48,6 +48,7 @@ class Chunks:
     spikes: dict[str, list[np.ndarray]] = field(default_factory=dict)  # IF → [T, n]
     inputs: dict[str, list[np.ndarray]] = field(default_factory=dict)  # binary → [T, n]
     image_digests: list[bytes] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # node → wall seconds
 
 
 #: the most a chunk of images should hold: beyond it larger chunks run no faster (measured
@@ -167,6 +168,7 @@ def run_chunks(
         for k, v in trace.layer_input.items():
             acc.inputs.setdefault(k, []).append(v)
         acc.image_digests.extend(_digests(trace))
+        acc.seconds = add_seconds(acc.seconds, trace.seconds)
         if progress is not None:
             progress(trace.final.shape[1])
     return acc

@@ -25,6 +25,7 @@ chunks that fit ``max_memory``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -70,6 +71,8 @@ class SnnTrace:
     per_neuron: dict[str, np.ndarray] = field(default_factory=dict)
     #: per binary layer (result name): spikes arriving at its input per step and image, [T, N]
     layer_input: dict[str, np.ndarray] = field(default_factory=dict)
+    #: per node (result name): wall seconds spent computing it (``simulate --profile``)
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def if_scan(
@@ -113,7 +116,13 @@ def merge_traces(a: SnnTrace, b: SnnTrace) -> SnnTrace:
         spikes={k: np.concatenate([v, b.spikes[k]]) for k, v in a.spikes.items()},
         per_neuron={k: v + b.per_neuron[k] for k, v in a.per_neuron.items()},
         layer_input={k: np.concatenate([v, b.layer_input[k]]) for k, v in a.layer_input.items()},
+        seconds=add_seconds(a.seconds, b.seconds),
     )
+
+
+def add_seconds(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """Per-node seconds of two runs, added."""
+    return {k: a.get(k, 0.0) + b.get(k, 0.0) for k in {**a, **b}}
 
 
 class SnnRuntime:
@@ -154,7 +163,10 @@ class SnnRuntime:
         trace = SnnTrace(final=np.zeros(0))
         for i, n in enumerate(self.g.nodes):
             cached = state.static.get(n.result)
+            start = time.perf_counter()
             env[n.result] = cached or self._node(n, env, x, T, trace, t0, state)
+            if cached is None:
+                trace.seconds[n.result] = time.perf_counter() - start
             if env[n.result].static:
                 state.static[n.result] = env[n.result]
             for v in self._last.get(i, []):

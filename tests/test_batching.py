@@ -219,3 +219,26 @@ def test_rram_cli_runs_a_bitsliced_artifact(
     r = _run(artifacts["digits-bitsliced"], ["--limit", "4"], ["--backend", "rram"], 4, capsys)
     ref = _run(artifacts["digits-bitsliced"], ["--limit", "4"], [], 4, capsys)
     assert _spikes(r) == _spikes(ref) and r["cycles"] > 0
+
+
+@pytest.mark.parametrize("backend", ["numpy", "rram"])
+def test_profile_reports_each_layer_and_changes_no_result(
+    backend: str, artifacts: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--profile`` adds the wall seconds of every layer that ran (over all chunks) and
+    nothing else changes; the human output shows the table."""
+    tiles = artifacts["vgg"]
+    g = read_artifact(tiles).graph
+    args = ["--images", str(tiles.parent / "x.npz"), "--backend", backend]
+    shape = [int(d or 0) for d in g.inputs()[0].type.shape[1:]]
+    np.savez(tiles.parent / "x.npz", x=np.random.default_rng(5).standard_normal((9, *shape)))
+    plain = _run(tiles, args, [], 4, capsys)
+    profiled = _run(tiles, args, ["--profile"], 4, capsys)
+    layers = profiled.pop("layer_seconds")
+    assert profiled == plain
+    computed = {f"%{n.result}": n.op for n in g.nodes if n.op != "input"}
+    assert {k: v["op"] for k, v in layers.items() if v["op"] != "input"} == computed
+    assert all(v["seconds"] >= 0 for v in layers.values())
+    assert sum(v["seconds"] for v in layers.values()) > 0
+    _, err = ok(["simulate", tiles, *args, "-T", "4", "--no-ann", "--profile"], capsys)
+    assert "profile (wall seconds)" in err and "conv2d" in err

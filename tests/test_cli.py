@@ -157,6 +157,7 @@ HELP_OPTIONS = {
         "--data-dir",
         "--no-ann",
         "--json",
+        "--profile",
         "--plot",
     ],
     "opt": ["--passes", "--output"],

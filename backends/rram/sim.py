@@ -21,6 +21,7 @@ readout) carry state across steps, so this equals looping ``loop timestep`` T ti
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -315,7 +316,9 @@ class TileSimulator:
                     self._count_send(s, env, ev)
                     continue
                 result = Instruction.of(s).result
+                start = time.perf_counter()
                 env[result] = self._execute(s, result, env, T, trace, ev, state, t0)
+                trace.seconds[result] = time.perf_counter() - start
                 for v in self._last.get(self._order[result], []):
                     if v != result:
                         env.pop(v, None)
