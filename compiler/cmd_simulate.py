@@ -266,19 +266,7 @@ def _spiking_graph(art: Artifact, path: Path) -> Graph:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``simulate``; returns the exit code. numba's one-time set-up runs in a thread
-    meanwhile (:func:`bsnnc.runtime.threads.warm_up_kernels`), joined before returning."""
-    from bsnnc.runtime.threads import warm_up_kernels
-
-    _check_artifact_path(args.artifact)
-    warm = warm_up_kernels()
-    try:
-        return _simulate(args)
-    finally:
-        warm.join()
-
-
-def _simulate(args: argparse.Namespace) -> int:
+    """Run ``simulate``; returns the exit code."""
     from bsnnc.backends.rram.report import rram_report
     from bsnnc.backends.rram.sim import TileSimulator
     from bsnnc.runtime.simulate import (
@@ -290,6 +278,7 @@ def _simulate(args: argparse.Namespace) -> int:
         run_chunks,
     )
 
+    _check_artifact_path(args.artifact)
     nonideal = _nonideal(args)
     hw = _hw(args)
     plt = _pyplot(args.plot)

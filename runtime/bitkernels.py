@@ -183,16 +183,29 @@ def _packed_input(
     return _pack(np.ascontiguousarray(s, np.uint8), nhwc, t, left, h, w), oh, ow
 
 
+@_jit(parallel=True)
+def _pack_weights(w: np.ndarray, out: np.ndarray) -> None:
+    """``out[(u·kw + v)·words + k, o]`` bit ``c − 64k`` = ``w[o, c, u, v] > 0``."""
+    o_n, c_n, kh, kw = w.shape
+    words = (c_n + 63) // 64
+    for o in prange(o_n):
+        for u in range(kh):
+            for v in range(kw):
+                for k in range(words):
+                    word = np.uint64(0)
+                    for c in range(k * 64, min(c_n, k * 64 + 64)):
+                        word |= np.uint64(w[o, c, u, v] > 0) << np.uint64(c - k * 64)
+                    out[(u * kw + v) * words + k, o] = word
+
+
 def pack_weights(w: np.ndarray) -> np.ndarray:
     """±1 weights [O, C, kh, kw] (or [O, C]) → the +1 masks [kh·kw·⌈C/64⌉, O] uint64, in the
     order of :func:`_conv`'s receptive-field words (offset u, offset v, channel word)."""
     w4 = w.reshape(*w.shape, 1, 1) if w.ndim == 2 else w
     o_n, c_n, kh, kw = w4.shape
-    words = (c_n + 63) // 64
-    bits = np.packbits((w4 > 0).transpose(0, 2, 3, 1), axis=-1, bitorder="little")
-    buf = np.zeros((o_n, kh, kw, words * 8), np.uint8)
-    buf[..., : bits.shape[-1]] = bits
-    return np.ascontiguousarray(buf.view(np.uint64).reshape(o_n, kh * kw * words).T)
+    out = np.empty((kh * kw * ((c_n + 63) // 64), o_n), np.uint64)
+    _pack_weights(np.ascontiguousarray(w4), out)
+    return out
 
 
 class PackedConv:

@@ -17,7 +17,6 @@ this does nothing.
 from __future__ import annotations
 
 import ctypes
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -69,26 +68,3 @@ def blas_single_threaded() -> Iterator[None]:
         yield
     finally:
         setter(before)
-
-
-def _warm_up() -> None:
-    """Import the compiled kernels and make numba's first call (its typing context and the
-    kernel cache's set-up, ~0.2 s) on a tiny input."""
-    try:
-        import numpy as np
-
-        from bsnnc.runtime.bitkernels import spike_counts
-
-        spike_counts(np.zeros((1, 1, 1), np.uint8))
-    except Exception:  # the run's own first call reports any failure
-        return
-
-
-def warm_up_kernels() -> threading.Thread:
-    """Start :func:`_warm_up` in a daemon thread, so that numba's one-time set-up overlaps
-    the reading and checking of the artifact (file reads, hashing and numpy work release the
-    GIL); the first kernel call of the run waits for it on numba's own lock. Nothing the run
-    computes depends on it."""
-    thread = threading.Thread(target=_warm_up, name="bsnnc-kernel-warm-up", daemon=True)
-    thread.start()
-    return thread

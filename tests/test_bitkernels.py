@@ -79,6 +79,21 @@ def test_weight_packing_puts_each_sign_at_its_receptive_field_bit() -> None:
     assert wt[:, 1].tolist() == [0, 0, 0, 2]
 
 
+@pytest.mark.parametrize("shape", [(3, 1, 1, 1), (5, 63, 3, 3), (4, 64, 2, 3), (2, 130, 3, 1)])
+def test_weight_packing_equals_packbits_of_the_channels_last_signs(
+    shape: tuple[int, int, int, int],
+) -> None:
+    w = _signs(np.random.default_rng(sum(shape)), shape)
+    o, c, kh, kw = shape
+    words = -(-c // 64)
+    bits = np.zeros((o, kh, kw, words * 64), bool)
+    bits[..., :c] = (w > 0).transpose(0, 2, 3, 1)
+    want = np.packbits(bits, axis=-1, bitorder="little").view(np.uint64)
+    assert np.array_equal(pack_weights(w), want.reshape(o, kh * kw * words).T)
+    dense = _signs(np.random.default_rng(1), (o, c))
+    assert np.array_equal(pack_weights(dense), pack_weights(dense.reshape(o, c, 1, 1)))
+
+
 def _im2col(
     s: np.ndarray,
     kernel: tuple[int, int],

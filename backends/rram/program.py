@@ -348,6 +348,8 @@ _ARRAY = re.compile(r"a[0-9]")
 
 def _canonical_arg(tok: str) -> Arg | Tok | None:
     """One argument token's value, or None when lark might read it otherwise or reject it."""
+    if 1 < len(tok) <= 10 and tok[0] == "a" and tok[1:].isascii() and tok[1:].isdigit():
+        return Tok("array", tok)  # the common case, as the expression below reads it
     m = _ARG.fullmatch(tok)
     kind = m.lastgroup if m else None
     if kind is None or (kind == "word" and (tok.startswith(_KEYWORDS) or _ARRAY.match(tok))):
@@ -372,6 +374,8 @@ def _parse_canonical(text: str, source: str) -> Program | None:
     """The program, when ``text`` is in canonical form; else None (the caller then parses it
     with the grammar, which also produces every error)."""
     program: Program | None = None
+    #: each distinct argument token read once (arrays, ranges and words repeat; Tok is frozen)
+    memo: dict[str, Arg | Tok | None] = {}
     # where statements go: decls until ``once {`` or ``loop timestep {``
     section: list[Stmt] | None = None
     state = "start"
@@ -402,7 +406,9 @@ def _parse_canonical(text: str, source: str) -> Program | None:
             )
             section = None
         elif section is not None and toks[0] in OPCODES:
-            args = [_canonical_arg(t) for t in toks[1:]]
+            args = [
+                memo[t] if t in memo else memo.setdefault(t, _canonical_arg(t)) for t in toks[1:]
+            ]
             if any(a is None for a in args):
                 return None
             column = len(line) - len(body) + 1
