@@ -24,8 +24,10 @@ def entry() -> int:
     The process ends with ``os._exit`` once stdout and stderr are flushed: every file a
     command writes is closed and renamed into place before :func:`main` returns, and the
     interpreter's own teardown (numba's LLVM and thread pools, module finalizers) took
-    0.25 s of a 1.4 s ``simulate`` on VGG-15 (measured 2026-12-03). A command that exits
-    through ``SystemExit`` (argparse's usage errors, ``--help``) takes the normal way out."""
+    0.25 s of a 1.4 s ``simulate`` on VGG-15 (measured 2026-12-03). Under a profiler or a
+    tracer (``python -m cProfile``, coverage) the CLI returns normally, so that they can write
+    their data on the way out; so does a command that exits through ``SystemExit``
+    (argparse's usage errors, ``--help``)."""
     try:
         from bsnnc.compiler.cli import main
 
@@ -36,6 +38,8 @@ def entry() -> int:
         # exit now with 130: an interrupt that landed inside an import can leave the
         # interpreter set to re-raise SIGINT on its way out (seen once in CI as exit -2)
         os._exit(130)
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        return code
     _flush()
     os._exit(code)
 
