@@ -118,6 +118,25 @@ def test_python_m_bsnnc_version() -> None:
     assert r.stdout.strip() == f"bsnnc {bsnnc.__version__}"
 
 
+def test_a_finished_command_ends_with_its_output_flushed_and_profilers_get_their_data(
+    tmp_path: Path,
+) -> None:
+    """The CLI ends with ``os._exit`` after flushing (skipping the interpreter's teardown),
+    except under a profiler, which must still write its file."""
+    r = subprocess.run(
+        [sys.executable, "-m", "bsnnc", "inspect", DIGITS_ONNX, "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["layers"]  # complete JSON on a pipe
+    prof = tmp_path / "cli.prof"
+    cmd = [sys.executable, "-m", "cProfile", "-o", prof, "-m", "bsnnc", "passes"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "fold-scales" in r.stdout + r.stderr
+    assert prof.stat().st_size > 0
+
+
 def test_console_script_version() -> None:
     exe = shutil.which("bsnnc")
     assert exe is not None, "the bsnnc console script is not on PATH"
