@@ -30,7 +30,9 @@ def entry() -> int:
     (argparse's usage errors, ``--help``)."""
     try:
         from bsnnc.compiler.cli import main
+        from bsnnc.runtime.allocator import keep_freed_memory
 
+        keep_freed_memory()  # the process is ours (see bsnnc.runtime.allocator)
         code = main()
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")

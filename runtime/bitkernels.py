@@ -256,12 +256,16 @@ def _if_scan(
     out: np.ndarray,
     per_step: np.ndarray,
     per_neuron: np.ndarray,
+    last: int,
 ) -> None:
     """The IF scan over ``steps`` = ``out.shape[0]`` steps for N images of P neurons: ``z``
     [Tz, N, P] (Tz = 1: the same current every step), ``theta`` [C] with neuron p in channel
     ``(p // inner) % C``, membranes ``v`` [N, P] float64 (updated), spikes ``out`` [steps, N,
     P] uint8, and their counts: ``per_step`` [steps, N] (over neurons) and ``per_neuron``
-    [N, P] (over steps). Parallel over blocks of one image's neurons; within a block the
+    [N, P] (over steps) — with ``last`` > 0 the neurons are channels last, [positions, last],
+    and ``per_neuron`` is written channels first (neuron p at ``(p % last)·(P / last) +
+    p // last``: the IR's order, which the spike digest hashes). Parallel over blocks of one
+    image's neurons; within a block the
     membranes stay in a local buffer, each step is one branch-free pass over the block (one
     loop per reset mode, so that it vectorizes), and ``x − (θ if fired else 0)`` is ``x`` bit
     for bit when the neuron does not fire."""
@@ -302,8 +306,12 @@ def _if_scan(
                     count[p] += fired
                     total += fired
             partial[job, t] = total
+        positions = p_n // last if last > 0 else 0
         for p in range(m):
-            per_neuron[n, p0 + p] = count[p]
+            q = p0 + p
+            if last > 0:
+                q = (q % last) * positions + q // last
+            per_neuron[n, q] = count[p]
             v[n, p0 + p] = vv[p]
     for n in range(n_n):
         for t in range(steps):
@@ -312,13 +320,14 @@ def _if_scan(
 
 def if_scan_fast(
     z: np.ndarray, static: bool, theta: np.ndarray, inner: int, subtract: bool, steps: int,
-    v: np.ndarray,
+    v: np.ndarray, channels_last: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """The IF scan of :func:`_if_scan` for currents ``z`` ([steps, N, ...], or [N, ...] when
     ``static``) from membranes ``v`` [N, ...] float64 (updated in place); ``theta`` [C] per
     channel, the channel of neuron p of an image (flat index) is (p // inner) mod C. Returns
     the spikes [steps, N, ...] uint8, their count per step and image [steps, N] int64 and per
-    image and neuron [N, neurons] int32."""
+    image and neuron [N, neurons] int32 — with ``channels_last`` (``v`` [N, H, W, C], one θ
+    per channel) the per-neuron counts are in [N, C, H, W] order."""
     n = v.shape[0]
     zf = z.reshape(1 if static else steps, n, -1)
     flat_v = v.reshape(n, -1)
@@ -326,7 +335,10 @@ def if_scan_fast(
     out = np.empty((steps, *v.shape), np.uint8)
     per_step = np.empty((steps, n), np.int64)
     per_neuron = np.empty(flat_v.shape, np.int32)
-    _if_scan(zf, theta, inner, subtract, flat_v, out.reshape(steps, n, -1), per_step, per_neuron)
+    last = v.shape[-1] if channels_last else 0
+    _if_scan(
+        zf, theta, inner, subtract, flat_v, out.reshape(steps, n, -1), per_step, per_neuron, last
+    )
     return out, per_step, per_neuron
 
 

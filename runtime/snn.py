@@ -266,12 +266,9 @@ def fire(
     shape = z.data.shape if z.static else z.data.shape[1:]
     inner = 1 if z.nhwc or theta.size == 1 else int(np.prod(shape[axis + 1 :]))
     v = state.membranes.setdefault(layer, np.zeros(shape, np.float64))
-    s, trace.spikes[layer], counts = if_scan_fast(
-        z.data, z.static, theta, inner, reset == "subtract", T, v
+    s, trace.spikes[layer], trace.per_neuron[layer] = if_scan_fast(
+        z.data, z.static, theta, inner, reset == "subtract", T, v, z.nhwc
     )
-    if z.nhwc:
-        counts = counts.reshape(shape).transpose(0, 3, 1, 2).reshape(shape[0], -1)
-    trace.per_neuron[layer] = np.ascontiguousarray(counts)
     return Value(s, False, z.nhwc)
 
 

@@ -274,3 +274,23 @@ def test_compiled_fixed_order_product_equals_the_reference() -> None:
     ref = K.matmul_fixed_order(a, b)
     got = matmul_fixed_order_fast(a, b)
     assert got.tobytes() == ref.tobytes()  # bit for bit, signed zeros included
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_channels_last_if_scan_counts_neurons_in_the_ir_order(static: bool) -> None:
+    """Channels-last membranes [N, H, W, C]: the same spikes and membranes as the channels-first
+    scan, and the per-neuron counts in [N, C, H, W] order (more neurons than one block)."""
+    rng = np.random.default_rng(7)
+    steps, n, c, h, w = 6, 3, 5, 31, 17
+    z = rng.standard_normal((n, c, h, w) if static else (steps, n, c, h, w)).astype(np.float32)
+    theta = rng.uniform(0.3, 1.2, c)
+    axes = (0, 2, 3, 1) if static else (0, 1, 3, 4, 2)
+    v_first, v_last = np.zeros((n, c, h, w)), np.zeros((n, h, w, c))
+    first = if_scan_fast(z, static, theta, h * w, True, steps, v_first)
+    z_last = np.ascontiguousarray(z.transpose(axes))
+    last = if_scan_fast(z_last, static, theta, 1, True, steps, v_last, channels_last=True)
+    np.testing.assert_array_equal(last[0], first[0].transpose(0, 1, 3, 4, 2))
+    np.testing.assert_array_equal(v_last, v_first.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(last[1], first[1])
+    np.testing.assert_array_equal(last[2], first[2])
+    assert 0 < first[0].mean() < 1

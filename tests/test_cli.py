@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -135,6 +136,18 @@ def test_a_finished_command_ends_with_its_output_flushed_and_profilers_get_their
     assert r.returncode == 0, r.stderr
     assert "fold-scales" in r.stdout + r.stderr
     assert prof.stat().st_size > 0
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only"
+)
+def test_the_allocator_setting_is_accepted_by_glibc() -> None:
+    """The command's process keeps freed memory for reuse (runtime/allocator.py); checked in a
+    child, since it changes a process for good."""
+    code = "from bsnnc.runtime.allocator import keep_freed_memory as k; print(k())"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "True"
 
 
 def test_console_script_version() -> None:
