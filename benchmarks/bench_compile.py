@@ -91,11 +91,11 @@ def main() -> int:
     wall = re.search(r"Elapsed \(wall clock\) time .*: (.+)", proc.stderr)
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     assert wall is not None and rss is not None
-    mb = int(rss.group(1)) / 1024
+    mib = int(rss.group(1)) / 1024
     floor, macs = float64_floor(read_artifact(d / "vgg15_imagenet.tiles").graph, args.calib_images)
     print(f"bsnnc compile VGG-15 ImageNet shape, {args.calib_images} calibration images")
     print(f"  wall time        {wall.group(1)}   (budget 25 s)")
-    print(f"  peak memory      {mb:,.0f} MB     (budget 1,000 MB)")
+    print(f"  peak memory      {mib:,.0f} MiB    (budget 1,000 MB = 954 MiB)")
     print(
         f"  float64 floor    {floor:.1f} s: {macs / 1e12:.2f} T MACs at "
         f"{macs / floor / 1e9:.0f} GMAC/s (BLAS, this machine, this run)"

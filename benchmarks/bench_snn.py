@@ -52,6 +52,7 @@ from onnx import TensorProto, helper, numpy_helper
 from bsnnc.compiler.report import layer_table
 from bsnnc.runtime.artifact import read_artifact
 from bsnnc.runtime.bitkernels import _conv, _geometry, _pack, pack_weights
+from bsnnc.runtime.threads import blas_single_threaded
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]
@@ -89,7 +90,13 @@ def gemm_rates(m: int = 8192, k: int = 2304, n: int = 256, reps: int = 5) -> dic
         )
         model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
         model.ir_version = 8
-        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        # its idle threads would otherwise spin on both cores after each run and slow down
+        # whatever is timed next (the packed kernel's rate varied 768-2,366 GMAC/s so)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
 
     f32 = session("MatMul", TensorProto.FLOAT, TensorProto.FLOAT, b32)
     i8 = session("MatMulInteger", TensorProto.UINT8, TensorProto.INT32, b8)
@@ -98,11 +105,13 @@ def gemm_rates(m: int = 8192, k: int = 2304, n: int = 256, reps: int = 5) -> dic
     out = np.empty((m, 1, 1, n), np.float32)
     one = _geometry((1, 1), (1, 1), (1, 1))
     macs = m * k * n
+    with blas_single_threaded():  # OpenBLAS's spinning threads would slow the packed kernel
+        packed_rate = macs / _best(lambda: _conv(packed, wt, one, out), reps)
     return {
         "numpy_f32": macs / _best(lambda: a32 @ b32, reps),
         "onnxruntime_f32": macs / _best(lambda: f32.run(None, {"x": a32}), reps),
         "onnxruntime_int8": macs / _best(lambda: i8.run(None, {"x": a8}), reps),
-        "packed_and_popcount": macs / _best(lambda: _conv(packed, wt, one, out), reps),
+        "packed_and_popcount": packed_rate,
     }
 
 
