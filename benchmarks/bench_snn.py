@@ -26,8 +26,9 @@ Reported, per case:
   whole command's fraction of it;
 * the binary layers' own rate: their multiply-accumulates (dense-equivalent, as the roofline
   counts them) over the wall seconds ``simulate --profile`` reports for them (packing their
-  input spikes, the product, the input spike counts), and its fraction of the packed
-  roofline — what issue 10 asks to be ≥ 50 %.
+  input spikes, the product, the input spike counts, and the IF layer fused into a
+  convolution that alone feeds it), and its fraction of the packed roofline — what issue 10
+  asks to be ≥ 50 %.
 """
 
 from __future__ import annotations

@@ -20,7 +20,10 @@ in the IR's [B, O, OH, OW] order had made the first VGG-15 layer 6× slower).
 ``s[t]`` (zero), in float64, exactly the operations of :func:`bsnnc.runtime.snn.if_scan` in the
 same order per neuron, so the spikes and membranes are the same bits; neurons are independent,
 so the scan runs in parallel over them with time as the inner loop of each block, and counts
-the spikes per step and per neuron as it goes.
+the spikes per step and per neuron as it goes. A binary convolution whose only reader is an IF
+layer runs fused with it (:func:`_conv_fire`): per output row, the steps in order, each
+step's currents integrated as soon as they are summed, so they never leave the cache (the same
+operations per neuron; 10–30 % faster than the two passes on VGG-15's layer shapes).
 
 **Other passes**, each the same bits as its numpy definition: the average pool in float32
 (:func:`bsnnc.runtime.kernels.avgpool`), the crossbar's blocked product with the ADC's clip
@@ -229,6 +232,84 @@ class PackedConv:
         out = np.empty((s.shape[0], oh, ow, self.o), np.float32)
         _conv(p, self.wt, _geometry(self.kernel, self.stride, self.dilation), out)
         return out
+
+    def fire(
+        self, s: np.ndarray, nhwc: bool, theta: np.ndarray, subtract: bool, v: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The convolution of spikes ``s`` [steps, N, …] (either layout) fused with the IF
+        layer that reads it (:func:`_conv_fire`): ``theta`` one value or one per output
+        channel, membranes ``v`` [N, OH, OW, O] float64 (updated). Returns the spikes
+        [steps, N, OH, OW, O] uint8, their count per step and image [steps, N] int64 and per
+        image and neuron in the IR's order [N, O·OH·OW] int32 — what :func:`if_scan_fast`
+        returns for the convolution's output."""
+        steps, n = s.shape[0], s.shape[1]
+        flat = s.reshape(steps * n, *s.shape[2:])
+        p, oh, ow = _packed_input(flat, nhwc, self.kernel, self.stride, self.pad, self.dilation)
+        assert v.shape == (n, oh, ow, self.o)
+        th = np.ascontiguousarray(np.broadcast_to(np.asarray(theta, np.float64), (self.o,)))
+        out = np.empty((steps, n, oh, ow, self.o), np.uint8)
+        partial = np.empty((n * oh, steps), np.int64)
+        per_neuron = np.empty((n, self.o * oh * ow), np.int32)
+        geometry = _geometry(self.kernel, self.stride, self.dilation)
+        _conv_fire(p, self.wt, geometry, th, subtract, v, out, partial, per_neuron)
+        per_step = partial.reshape(n, oh, steps).sum(axis=1).T
+        return out, np.ascontiguousarray(per_step), per_neuron
+
+
+@_jit(parallel=True)
+def _conv_fire(
+    p: np.ndarray,
+    wt: np.ndarray,
+    geom: np.ndarray,
+    theta: np.ndarray,
+    subtract: bool,
+    v: np.ndarray,
+    out: np.ndarray,
+    partial: np.ndarray,
+    per_neuron: np.ndarray,
+) -> None:
+    """:func:`_conv` with the IF layer that reads it fused in: for each image n and output
+    row i, steps t = 0, 1, … in order, the row's currents ``z = 2·popcount(q ∧ w⁺) −
+    popcount(q)`` (float32, exact) are integrated into the membranes ``v`` [N, OH, OW, O]
+    float64 as :func:`_if_scan` does (``x = v + z; fired = x ≥ θ[o]``; then ``x − θ`` or 0),
+    so the currents never leave the cache. ``p`` holds the packed input of step t, image n at
+    ``t·N + n``; spikes go to ``out`` [steps, N, OH, OW, O], spike counts per row and step to
+    ``partial`` [N·OH, steps] and per neuron, in the IR's [N, O, OH, OW] order, to
+    ``per_neuron`` [N, O·OH·OW]."""
+    steps, n_n, oh, ow, o_n = out.shape
+    k_n = wt.shape[0]
+    for ni in prange(n_n * oh):
+        n, i = ni // oh, ni % oh
+        q = np.empty(k_n, np.uint64)
+        acc = np.empty(o_n, np.int32)
+        count = np.zeros((ow, o_n), np.int32)
+        for t in range(steps):
+            total = 0
+            for j in range(ow):
+                ones = _gather(p, t * n_n + n, i, j, geom, q)
+                acc[:] = 0
+                if ones != 0:
+                    _accumulate(q, 0, k_n, wt, 0, acc)
+                if subtract:
+                    for o in range(o_n):
+                        x = v[n, i, j, o] + np.float64(np.float32(2 * np.int64(acc[o]) - ones))
+                        fired = x >= theta[o]
+                        v[n, i, j, o] = x - (theta[o] if fired else 0.0)
+                        out[t, n, i, j, o] = fired
+                        count[j, o] += fired
+                        total += fired
+                else:
+                    for o in range(o_n):
+                        x = v[n, i, j, o] + np.float64(np.float32(2 * np.int64(acc[o]) - ones))
+                        fired = x >= theta[o]
+                        v[n, i, j, o] = 0.0 if fired else x
+                        out[t, n, i, j, o] = fired
+                        count[j, o] += fired
+                        total += fired
+            partial[ni, t] = total
+        for j in range(ow):
+            for o in range(o_n):
+                per_neuron[n, (o * oh + i) * ow + j] = count[j, o]
 
 
 class PackedDense:

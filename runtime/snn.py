@@ -16,7 +16,8 @@ fixed summation order (:func:`bsnnc.runtime.kernels.matmul_fixed_order`), so the
 depend on the CPU or the batch size. Products of spikes with ±1 weights are exact integers,
 computed by AND-popcount over bit-packed words, and the IF scan is one fused pass per layer
 (:mod:`bsnnc.runtime.bitkernels`: the same float64 operations as :func:`if_scan`, which stays
-the definition); full-precision products of spikes are computed in float64, which is exact for
+the definition), fused into the binary convolution before it when it is that convolution's
+only reader; full-precision products of spikes are computed in float64, which is exact for
 0/1 inputs and so independent of the summation order. Between the compiled passes (binary
 convolution → average pool → IF → the next binary convolution) values stay channels last
 (``Value.nhwc``); any other op gets them in the IR's layout. The images are processed in
@@ -139,6 +140,19 @@ class SnnRuntime:
         for n in g.nodes:
             if is_binary_layer(g, n):
                 self._fast[n.result] = self._fast_kernel(n)
+        #: binary convolution → the IF layer fused into it (its only reader)
+        self._fires: dict[str, Node] = {}
+        users = g.users()
+        for n in g.nodes:
+            readers = users.get(n.result, [])
+            if n.op != "conv2d" or n.result not in self._fast or n.result in g.outputs:
+                continue
+            if (
+                len(readers) == 1
+                and readers[0].op == "if"
+                and attr_int(readers[0].attrs, "axis") == 1
+            ):
+                self._fires[n.result] = readers[0]
 
     def _fast_kernel(self, n: Node) -> Callable[[np.ndarray], np.ndarray]:
         from bsnnc.runtime.bitkernels import PackedConv, PackedDense
@@ -162,18 +176,41 @@ class SnnRuntime:
         env: dict[str, Value] = {}
         trace = SnnTrace(final=np.zeros(0))
         for i, n in enumerate(self.g.nodes):
-            cached = state.static.get(n.result)
-            start = time.perf_counter()
-            env[n.result] = cached or self._node(n, env, x, T, trace, t0, state)
-            if cached is None:
-                trace.seconds[n.result] = time.perf_counter() - start
-            if env[n.result].static:
-                state.static[n.result] = env[n.result]
+            if n.result not in env:  # (an IF fused into its convolution is there already)
+                self._compute(n, env, x, T, trace, t0, state)
             for v in self._last.get(i, []):
                 env.pop(v, None)
         trace.final = env[self.g.outputs[0]].data
         state.readout = trace.final[-1]
         return trace
+
+    def _compute(
+        self,
+        n: Node,
+        env: dict[str, Value],
+        x: np.ndarray,
+        T: int,
+        trace: SnnTrace,
+        t0: int,
+        state: WindowState,
+    ) -> None:
+        """Node ``n`` into ``env`` (and, for a convolution with a fused IF layer, the IF's
+        spikes instead: its time is the convolution's, the IF's is recorded as 0)."""
+        start = time.perf_counter()
+        cached = state.static.get(n.result)
+        fire = self._fires.get(n.result)
+        src = env.get(n.value_operands()[0]) if n.value_operands() else None
+        if cached is not None:
+            env[n.result] = cached
+            return
+        if fire is not None and src is not None and not src.static:
+            env[fire.result] = self._conv_fire(n, fire, src, T, trace, state)
+            trace.seconds[fire.result] = 0.0
+        else:
+            env[n.result] = self._node(n, env, x, T, trace, t0, state)
+            if env[n.result].static:
+                state.static[n.result] = env[n.result]
+        trace.seconds[n.result] = time.perf_counter() - start
 
     def _node(
         self,
@@ -206,11 +243,30 @@ class SnnRuntime:
         trace: SnnTrace,
         state: WindowState,
     ) -> Value:
-        theta = np.array([attr_float(n.attrs, "theta")], np.float64)
-        if consts:  # θ per channel
-            theta = theta * consts[0].astype(np.float64)
-        reset = str(n.attrs["reset"])
+        theta, reset = _threshold(n, consts), str(n.attrs["reset"])
         return fire(n.result, z, theta, attr_int(n.attrs, "axis"), reset, T, trace, state)
+
+    def _conv_fire(
+        self, n: Node, f: Node, s: Value, T: int, trace: SnnTrace, state: WindowState
+    ) -> Value:
+        """Binary convolution ``n`` of spikes ``s`` and the IF layer ``f`` that reads it, in
+        one compiled pass (:meth:`~bsnnc.runtime.bitkernels.PackedConv.fire`): the same
+        spikes, membranes and counts as :meth:`_binary` then :meth:`_if`."""
+        from bsnnc.runtime.bitkernels import PackedConv, spike_counts
+
+        kernel = self._fast[n.result]
+        assert isinstance(kernel, PackedConv)
+        trace.layer_input[n.result] = spike_counts(s.data)[0]
+        consts = [self.g.constants[c].array() for c in f.const_operands()]
+        shape = (s.data.shape[1], int(n.type.shape[2] or 0), int(n.type.shape[3] or 0))
+        v = state.membranes.setdefault(
+            f.result, np.zeros((*shape, int(n.type.shape[1] or 0)), np.float64)
+        )
+        subtract = str(f.attrs["reset"]) == "subtract"
+        spikes, trace.spikes[f.result], trace.per_neuron[f.result] = kernel.fire(
+            s.data, s.nhwc, _threshold(f, consts), subtract, v
+        )
+        return Value(spikes, False, True)
 
     def _binary(self, n: Node, s: Value, T: int, trace: SnnTrace) -> Value:
         from bsnnc.runtime.bitkernels import PackedConv, spike_counts
@@ -224,6 +280,14 @@ class SnnRuntime:
             return Value(y.reshape(T, data.shape[1], *y.shape[1:]), False, True)
         y = kernel(flat)
         return Value(y.reshape(T, data.shape[1], *y.shape[1:]), False)
+
+
+def _threshold(n: Node, consts: list[np.ndarray]) -> np.ndarray:
+    """An IF node's θ: one value, or one per channel (its constant times the attribute)."""
+    theta = np.array([attr_float(n.attrs, "theta")], np.float64)
+    if consts:  # θ per channel
+        theta = theta * consts[0].astype(np.float64)
+    return theta
 
 
 def run_in_windows(

@@ -294,3 +294,39 @@ def test_channels_last_if_scan_counts_neurons_in_the_ir_order(static: bool) -> N
     np.testing.assert_array_equal(last[1], first[1])
     np.testing.assert_array_equal(last[2], first[2])
     assert 0 < first[0].mean() < 1
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+@pytest.mark.parametrize("channels", [5, 64, 130])
+@pytest.mark.parametrize("geometry", range(len(GEOMETRIES)))
+def test_convolution_fused_with_its_if_layer_equals_the_two_passes(
+    reset: str, channels: int, geometry: int
+) -> None:
+    """PackedConv.fire = the packed convolution, then the IF scan on its channels-last
+    currents: the same spikes, membranes and counts, over two windows (membranes carry)."""
+    (kh, kw), stride, pad, dil = GEOMETRIES[geometry]
+    rng = np.random.default_rng(channels + 7 * geometry)
+    steps, n = 5, 3
+    s = _spikes(rng, (steps, n, channels, 9, 8), 0.3)
+    s[:, 0] = 0  # a silent image
+    w = _signs(rng, (6, channels, kh, kw))
+    kernel = PackedConv(w, stride, pad, dil)
+    z = kernel(s.reshape(steps * n, channels, 9, 8))
+    oh, ow = z.shape[1], z.shape[2]
+    theta = rng.uniform(0.5, 3.0, 6) if channels != 5 else np.array([1.5])
+    v_two, v_fused = np.zeros((n, oh, ow, 6)), np.zeros((n, oh, ow, 6))
+    for _ in range(2):  # a second window continues from the first one's membranes
+        two = if_scan_fast(
+            z.reshape(steps, n, oh, ow, 6), False, theta, 1, reset == "subtract", steps, v_two,
+            channels_last=True,
+        )  # fmt: skip
+        fused = kernel.fire(s, False, theta, reset == "subtract", v_fused)
+        for a, b in zip(fused, two, strict=True):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(v_fused, v_two)
+    nhwc = np.ascontiguousarray(s.transpose(0, 1, 3, 4, 2))
+    v_nhwc = np.zeros((n, oh, ow, 6))
+    kernel.fire(nhwc, True, theta, reset == "subtract", v_nhwc)
+    kernel.fire(nhwc, True, theta, reset == "subtract", v_nhwc)
+    np.testing.assert_array_equal(v_nhwc, v_two)
+    assert 0 < two[0].mean() < 1

@@ -154,3 +154,23 @@ def test_nchw_of_a_static_and_of_a_timed_channels_last_value() -> None:
     assert not back.static and not back.nhwc and np.array_equal(back.data, timed)
     same = Value(static, True)
     assert nchw(same) is same
+
+
+def test_a_convolution_fused_with_its_if_layer_changes_no_bit(zoo_data: Path) -> None:
+    """The reference runtime fuses a binary convolution with the IF layer that alone reads
+    it; with the fusion switched off every trace is the same, in one window and in three."""
+    g = import_onnx(zoo_data / "vgg_small.onnx")
+    images = load_images(str(zoo_data / "vgg_small.npz"), limit=5)
+    folded = run_pipeline(g, PassOptions(calib=lambda: images)).graph
+    fused = SnnRuntime(folded)
+    assert fused._fires, "vgg_small has convolutions read by an IF layer alone"
+    plain = SnnRuntime(folded)
+    plain._fires = {}
+    for window in (None, 3):
+        a, b = fused.run(images.x, 7, window), plain.run(images.x, 7, window)
+        np.testing.assert_array_equal(a.final, b.final)
+        for name in ("spikes", "per_neuron", "layer_input"):
+            mine, theirs = getattr(a, name), getattr(b, name)
+            assert mine.keys() == theirs.keys()
+            for k in mine:
+                np.testing.assert_array_equal(mine[k], theirs[k])
