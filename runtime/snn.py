@@ -176,41 +176,36 @@ class SnnRuntime:
         env: dict[str, Value] = {}
         trace = SnnTrace(final=np.zeros(0))
         for i, n in enumerate(self.g.nodes):
-            if n.result not in env:  # (an IF fused into its convolution is there already)
-                self._compute(n, env, x, T, trace, t0, state)
+            start = time.perf_counter()
+            if n.result in env:  # an IF layer computed with the convolution before it
+                pass
+            elif n.result in state.static:
+                env[n.result] = state.static[n.result]
+            elif not self._fused(n, env, T, trace, state):
+                env[n.result] = self._node(n, env, x, T, trace, t0, state)
+                if env[n.result].static:
+                    state.static[n.result] = env[n.result]
+                trace.seconds[n.result] = time.perf_counter() - start
             for v in self._last.get(i, []):
                 env.pop(v, None)
         trace.final = env[self.g.outputs[0]].data
         state.readout = trace.final[-1]
         return trace
 
-    def _compute(
-        self,
-        n: Node,
-        env: dict[str, Value],
-        x: np.ndarray,
-        T: int,
-        trace: SnnTrace,
-        t0: int,
-        state: WindowState,
-    ) -> None:
-        """Node ``n`` into ``env`` (and, for a convolution with a fused IF layer, the IF's
-        spikes instead: its time is the convolution's, the IF's is recorded as 0)."""
+    def _fused(
+        self, n: Node, env: dict[str, Value], T: int, trace: SnnTrace, state: WindowState
+    ) -> bool:
+        """When ``n`` is a binary convolution of spikes read by an IF layer alone, compute
+        both at once into ``env`` (the IF's result; the convolution's is never needed) and
+        return True. Its time is the convolution's; the IF's is recorded as 0."""
+        f = self._fires.get(n.result)
+        src = env.get(n.value_operands()[0]) if f is not None else None
+        if f is None or src is None or src.static:
+            return False
         start = time.perf_counter()
-        cached = state.static.get(n.result)
-        fire = self._fires.get(n.result)
-        src = env.get(n.value_operands()[0]) if n.value_operands() else None
-        if cached is not None:
-            env[n.result] = cached
-            return
-        if fire is not None and src is not None and not src.static:
-            env[fire.result] = self._conv_fire(n, fire, src, T, trace, state)
-            trace.seconds[fire.result] = 0.0
-        else:
-            env[n.result] = self._node(n, env, x, T, trace, t0, state)
-            if env[n.result].static:
-                state.static[n.result] = env[n.result]
-        trace.seconds[n.result] = time.perf_counter() - start
+        env[f.result] = self._conv_fire(n, f, src, T, trace, state)
+        trace.seconds[n.result], trace.seconds[f.result] = time.perf_counter() - start, 0.0
+        return True
 
     def _node(
         self,
