@@ -26,6 +26,10 @@ from bsnnc.ir.ops import window_out
 Pads = tuple[int, int, int, int]
 #: the patch matrix of a convolution is built for as many images as fit in this many bytes.
 IM2COL_BYTES = 128 << 20
+#: an image whose patch matrix is larger than this is done a block of output rows at a time
+#: (VGG-15's 224×224×64 layer: 231 MB of float64 patches written and read back; in blocks
+#: of 16 MB its convolution took 55 instead of 107 ms, 2026-12-03)
+IM2COL_ROWS_BYTES = 16 << 20
 
 
 def _out_hw(
@@ -100,20 +104,27 @@ def conv2d(
     # reordered in the weights' own (smaller) dtype, then converted: the same exact values
     wm = w.transpose(2, 3, 1, 0).reshape(kh * kw * c, o).astype(dtype)
     out = np.empty((n, oh, ow, o) if channels_last else (n, o, oh, ow), dtype)
-    step = max(1, IM2COL_BYTES // max(oh * ow * kh * kw * c * dtype.itemsize, 1))
+    row_bytes = ow * kh * kw * c * dtype.itemsize
+    step = max(1, IM2COL_BYTES // max(oh * row_bytes, 1))
+    block = oh if oh * row_bytes <= IM2COL_ROWS_BYTES else max(1, IM2COL_ROWS_BYTES // row_bytes)
     for s in range(0, n, step):
-        xs = xp[s : s + step]
-        cols = np.empty((xs.shape[0], oh, ow, kh, kw, c), dtype)
-        for u in range(kh):
-            for v in range(kw):
-                r0, c0 = u * dilation[0], v * dilation[1]
-                rows = slice(r0, r0 + stride[0] * (oh - 1) + 1, stride[0])
-                cs = slice(c0, c0 + stride[1] * (ow - 1) + 1, stride[1])
-                cols[:, :, :, u, v, :] = xs[:, rows, cs, :]
-        a = cols.reshape(-1, kh * kw * c)
-        y = matmul(a, wm) if fixed_order else a @ wm
-        y4 = y.reshape(xs.shape[0], oh, ow, o)
-        out[s : s + step] = y4 if channels_last else y4.transpose(0, 3, 1, 2)
+        for i0 in range(0, oh, block):
+            i1 = min(oh, i0 + block)
+            xs = xp[s : s + step]
+            cols = np.empty((xs.shape[0], i1 - i0, ow, kh, kw, c), dtype)
+            for u in range(kh):
+                for v in range(kw):
+                    r0, c0 = u * dilation[0] + i0 * stride[0], v * dilation[1]
+                    rows = slice(r0, r0 + stride[0] * (i1 - i0 - 1) + 1, stride[0])
+                    cs = slice(c0, c0 + stride[1] * (ow - 1) + 1, stride[1])
+                    cols[:, :, :, u, v, :] = xs[:, rows, cs, :]
+            a = cols.reshape(-1, kh * kw * c)
+            y = matmul(a, wm) if fixed_order else a @ wm
+            y4 = y.reshape(xs.shape[0], i1 - i0, ow, o)
+            if channels_last:
+                out[s : s + step, i0:i1] = y4
+            else:
+                out[s : s + step, :, i0:i1] = y4.transpose(0, 3, 1, 2)
     return out
 
 

@@ -330,3 +330,24 @@ def test_convolution_fused_with_its_if_layer_equals_the_two_passes(
     kernel.fire(nhwc, True, theta, reset == "subtract", v_nhwc)
     np.testing.assert_array_equal(v_nhwc, v_two)
     assert 0 < two[0].mean() < 1
+
+
+@pytest.mark.parametrize("geometry", range(len(GEOMETRIES)))
+def test_reference_convolution_in_blocks_of_output_rows_is_the_same(
+    geometry: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """conv2d builds a large image's patch matrix a block of output rows at a time: the same
+    result as in one piece (bit for bit in the fixed-order product, where the order of the
+    sum per output does not depend on how many rows are multiplied at once)."""
+    (kh, kw), stride, pad, dil = GEOMETRIES[geometry]
+    rng = np.random.default_rng(geometry)
+    x = rng.standard_normal((2, 7, 13, 11)).astype(np.float32)
+    w = rng.standard_normal((5, 7, kh, kw)).astype(np.float32)
+    whole = K.conv2d(x, w, stride, pad, dil, fixed_order=True)
+    blas = K.conv2d(x.astype(np.float64), w.astype(np.float64), stride, pad, dil)
+    monkeypatch.setattr(K, "IM2COL_ROWS_BYTES", 1)  # one output row per block
+    np.testing.assert_array_equal(K.conv2d(x, w, stride, pad, dil, fixed_order=True), whole)
+    last = K.conv2d(x, w, stride, pad, dil, fixed_order=True, channels_last=True)
+    np.testing.assert_array_equal(last, whole.transpose(0, 2, 3, 1))
+    blocked = K.conv2d(x.astype(np.float64), w.astype(np.float64), stride, pad, dil)
+    np.testing.assert_allclose(blocked, blas, rtol=1e-12, atol=1e-12)
