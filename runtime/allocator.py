@@ -16,7 +16,6 @@ an in-process :func:`bsnnc.compiler.cli.main`; elsewhere than glibc it does noth
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 #: mallopt parameters (glibc's malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -29,13 +28,9 @@ _MMAP_THRESHOLDS = (1 << 30, 32 << 20)
 def keep_freed_memory() -> bool:
     """Serve blocks up to 1 GiB (or glibc's cap) from the heap and never trim the heap back to
     the system. Returns whether glibc accepted the settings."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    try:  # the process's own symbols (libc is loaded; no library search, no subprocess)
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     trim = mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
