@@ -520,13 +520,10 @@ def layer_seconds(g: Graph, seconds: dict[str, float]) -> dict[str, dict[str, An
 def _print_profile(layers: dict[str, dict[str, Any]], total: float) -> None:
     """The ten slowest layers and each op's share of the simulation's wall time."""
     t = Table(title="profile (wall seconds)", title_justify="left")
-    for name, justify in (
-        ("layer", "left"),
-        ("op", "left"),
-        ("seconds", "right"),
-        ("share", "right"),
-    ):
-        t.add_column(name, justify=justify)  # type: ignore[arg-type]
+    t.add_column("layer")
+    t.add_column("op")
+    t.add_column("seconds", justify="right")
+    t.add_column("share", justify="right")
     slowest = sorted(layers.items(), key=lambda kv: -float(kv[1]["seconds"]))[:10]
     for name, row in slowest:
         s = float(row["seconds"])

@@ -546,29 +546,21 @@ class PackedBlockedConv:
 
 
 @_jit(parallel=True)
-def _counts(s: np.ndarray, per_step: np.ndarray, per_neuron: np.ndarray) -> None:
-    """``per_step[t, n] = Σ_p s[t, n, p]`` and ``per_neuron[n, p] = Σ_t s[t, n, p]`` for
-    spikes ``s`` [T, N, P] (0/1), in one pass, in parallel over images."""
-    t_n, n_n, p_n = s.shape
-    for n in prange(n_n):
-        per_neuron[n, :] = 0
-        for t in range(t_n):
-            total = 0
-            for p in range(p_n):
-                x = s[t, n, p]
-                total += x
-                per_neuron[n, p] += x
-            per_step[t, n] = total
+def _step_counts(s: np.ndarray, per_step: np.ndarray) -> None:
+    """``per_step[r] = Σ_p s[r, p]`` for spikes ``s`` [T·N, P] (0/1), in parallel over rows."""
+    for r in prange(s.shape[0]):
+        total = 0
+        for p in range(s.shape[1]):
+            total += s[r, p]
+        per_step[r] = total
 
 
-def spike_counts(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Spikes [T, N, ...] → (per step and image [T, N] int64, per image and neuron over the
-    steps [N, neurons] int32)."""
-    flat = np.ascontiguousarray(s, np.uint8).reshape(s.shape[0], s.shape[1], -1)
-    per_step = np.empty(flat.shape[:2], np.int64)
-    per_neuron = np.empty(flat.shape[1:], np.int32)
-    _counts(flat, per_step, per_neuron)
-    return per_step, per_neuron
+def step_counts(s: np.ndarray) -> np.ndarray:
+    """Spikes [T, N, ...] → their count per step and image, [T, N] int64."""
+    flat = np.ascontiguousarray(s, np.uint8).reshape(s.shape[0] * s.shape[1], -1)
+    per_step = np.empty(flat.shape[0], np.int64)
+    _step_counts(flat, per_step)
+    return per_step.reshape(s.shape[0], s.shape[1])
 
 
 @_jit(parallel=True)

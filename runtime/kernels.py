@@ -108,9 +108,9 @@ def conv2d(
     step = max(1, IM2COL_BYTES // max(oh * row_bytes, 1))
     block = oh if oh * row_bytes <= IM2COL_ROWS_BYTES else max(1, IM2COL_ROWS_BYTES // row_bytes)
     for s in range(0, n, step):
+        xs = xp[s : s + step]
         for i0 in range(0, oh, block):
             i1 = min(oh, i0 + block)
-            xs = xp[s : s + step]
             cols = np.empty((xs.shape[0], i1 - i0, ow, kh, kw, c), dtype)
             for u in range(kh):
                 for v in range(kw):

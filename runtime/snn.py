@@ -144,9 +144,9 @@ class SnnRuntime:
         self._fires: dict[str, Node] = {}
         users = g.users()
         for n in g.nodes:
-            readers = users.get(n.result, [])
             if n.op != "conv2d" or n.result not in self._fast or n.result in g.outputs:
                 continue
+            readers = users.get(n.result, [])
             if (
                 len(readers) == 1
                 and readers[0].op == "if"
@@ -247,11 +247,11 @@ class SnnRuntime:
         """Binary convolution ``n`` of spikes ``s`` and the IF layer ``f`` that reads it, in
         one compiled pass (:meth:`~bsnnc.runtime.bitkernels.PackedConv.fire`): the same
         spikes, membranes and counts as :meth:`_binary` then :meth:`_if`."""
-        from bsnnc.runtime.bitkernels import PackedConv, spike_counts
+        from bsnnc.runtime.bitkernels import PackedConv, step_counts
 
         kernel = self._fast[n.result]
         assert isinstance(kernel, PackedConv)
-        trace.layer_input[n.result] = spike_counts(s.data)[0]
+        trace.layer_input[n.result] = step_counts(s.data)
         consts = [self.g.constants[c].array() for c in f.const_operands()]
         shape = (s.data.shape[1], int(n.type.shape[2] or 0), int(n.type.shape[3] or 0))
         v = state.membranes.setdefault(
@@ -264,10 +264,10 @@ class SnnRuntime:
         return Value(spikes, False, True)
 
     def _binary(self, n: Node, s: Value, T: int, trace: SnnTrace) -> Value:
-        from bsnnc.runtime.bitkernels import PackedConv, spike_counts
+        from bsnnc.runtime.bitkernels import PackedConv, step_counts
 
         data = s.data
-        trace.layer_input[n.result] = spike_counts(data)[0]
+        trace.layer_input[n.result] = step_counts(data)
         flat = data.reshape(T * data.shape[1], *data.shape[2:])
         kernel = self._fast[n.result]
         if isinstance(kernel, PackedConv):  # channels last out

@@ -61,8 +61,7 @@ def positive(w: np.ndarray, block: int = 64) -> np.ndarray:
     """``unrolled(w) > 0`` (the K × N matrix of +1 signs), transposed ``block`` rows of K at
     a time: a cache-friendly copy, 2.4× faster than the whole-matrix transpose on a 100 M
     weight layer."""
-    rows = w.reshape(w.shape[0], -1) if w.ndim != 4 else w.transpose(0, 2, 3, 1)
-    rows = rows.reshape(w.shape[0], -1)
+    rows = (w.transpose(0, 2, 3, 1) if w.ndim == 4 else w).reshape(w.shape[0], -1)
     out = np.empty((rows.shape[1], rows.shape[0]), bool)
     for k in range(0, rows.shape[1], block):
         out[k : k + block] = (rows[:, k : k + block] > 0).T

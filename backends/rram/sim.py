@@ -366,13 +366,13 @@ class TileSimulator:
         return s.reshape(s.shape[0], -1), 1
 
     def _mvm(self, n: Node, s: Value, T: int, trace: SnnTrace, ev: Events) -> Value:
-        from bsnnc.runtime.bitkernels import spike_counts
+        from bsnnc.runtime.bitkernels import step_counts
 
         packed_conv = n.result in self.packed and n.op == "conv2d"
         s = s if packed_conv else nchw(s)  # the packed convolution reads either layout
         b = s.data.shape[1]
         flat = s.data.reshape(T * b, *s.data.shape[2:])
-        trace.layer_input[n.result] = spike_counts(s.data)[0]
+        trace.layer_input[n.result] = step_counts(s.data)
         y, driven = self._product(n, flat, s.nhwc)
         self._count_mvm(n.result, driven, T, driven.shape[0] // flat.shape[0], ev)
         return Value(y.reshape(T, b, *y.shape[1:]), False, packed_conv)
