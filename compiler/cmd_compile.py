@@ -154,6 +154,7 @@ def _artifact(c: Compiled, model: Path, names: list[str], args: argparse.Namespa
         "passes": list(names),
         "conversion": {
             "reset": args.reset,
+            "v_init": args.v_init,
             "percentile": args.percentile,
             "norm": args.norm,
             "calib_stat": args.calib_stat,

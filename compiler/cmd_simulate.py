@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # the simulators load onnxruntime: imported when a command ru
 #: arguments". (``--hw`` and ``--data-dir`` are options of ``simulate`` too.)
 COMPILE_ONLY: dict[str, bool] = {
     "--reset": True,
+    "--v-init": True,
     "--percentile": True,
     "--norm": True,
     "--calib-stat": True,
@@ -331,6 +332,8 @@ def run(args: argparse.Namespace) -> int:
             "seconds": round(seconds, 3),
             "image_timesteps_per_second": round(len(images) * T / seconds, 1) if seconds else None,
             "reset": art.meta.get("conversion", {}).get("reset"),
+            # artifacts from before --v-init started every membrane empty
+            "v_init": art.meta.get("conversion", {}).get("v_init", 0.0),
             "evaluated_on_calibration_images": args.images is None
             and images.name == art.meta.get("dataset"),
         }

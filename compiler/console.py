@@ -18,6 +18,7 @@ from rich.table import Table
 from bsnnc.compiler.passes.base import ProgressFn
 from bsnnc.compiler.report import LayerRow
 from bsnnc.ir.errors import BsnncError
+from bsnnc.ir.ops import INIT_BITS, on_init_grid
 from bsnnc.runtime.datasets import embedded_file
 
 #: the width of the console when stderr is not a terminal: wide enough for any table.
@@ -92,6 +93,26 @@ def percentile_arg(text: str) -> float:
     if not 0 < value <= 100:  # NaN and ±inf fail too
         raise argparse.ArgumentTypeError(
             f"expected a percentile from 0 (exclusive) to 100, or 'max', got {text!r}"
+        )
+    return value
+
+
+def v_init_arg(text: str) -> float:
+    """An argparse type: ``zero``, ``half`` or a fraction of θ from 0 to 1 in steps of 1/256
+    (the IF membranes' start, :data:`bsnnc.ir.ops.INIT_BITS`)."""
+    named = {"zero": 0.0, "half": 0.5}
+    if text in named:
+        return named[text]
+    value = _float_or_nan(text)
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise argparse.ArgumentTypeError(
+            f"expected zero, half or a fraction of θ from 0 to 1, got {text!r}"
+        )
+    if not on_init_grid(value):
+        near = round(value * (1 << INIT_BITS)) / (1 << INIT_BITS)
+        raise argparse.ArgumentTypeError(
+            f"expected a multiple of 1/{1 << INIT_BITS} (the tile program stores the initial "
+            f"membrane as an integer), got {text!r}; the nearest is {near!r}"
         )
     return value
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from bsnnc.backends.rram.hw import PRESETS
 from bsnnc.backends.rram.lower import RramOptions
-from bsnnc.compiler.console import MAX_IMAGES, float_in, int_in, percentile_arg
+from bsnnc.compiler.console import MAX_IMAGES, float_in, int_in, percentile_arg, v_init_arg
 from bsnnc.compiler.passes import PassOptions
 from bsnnc.ir.errors import DataError
 from bsnnc.ir.graph import Graph
@@ -21,6 +21,10 @@ _PASS, _RRAM = PassOptions(), RramOptions()
 MAX_DUPLICATE = 100.0
 
 
+def _v_init_name(f: float) -> str:
+    return {0.0: "zero", 0.5: "half"}.get(f, f"{f:g}")
+
+
 def add_conversion_options(p: Any) -> None:
     """Add the ``conversion (ANN → B-SNN)`` option group to a parser."""
     conv = p.add_argument_group("conversion (ANN → B-SNN)")
@@ -29,6 +33,15 @@ def add_conversion_options(p: Any) -> None:
         choices=("subtract", "zero"),
         default=_PASS.reset,
         help="IF reset: subtract θ (default, lower latency) or reset to zero",
+    )
+    conv.add_argument(
+        "--v-init",
+        type=v_init_arg,
+        default=_PASS.v_init,
+        metavar="zero|half|F",
+        help="IF membranes start at F·θ: zero, half (0.5) or F from 0 to 1 in steps of 1/256 "
+        f"(default: {_v_init_name(_PASS.v_init)}; a register preset on the crossbar: no cycles "
+        "or energy)",
     )
     conv.add_argument(
         "--percentile",
@@ -142,6 +155,7 @@ def pass_options(args: argparse.Namespace, g: Graph) -> PassOptions:
 
     return PassOptions(
         reset=args.reset,
+        v_init=args.v_init,
         percentile=args.percentile,
         granularity=args.norm,
         statistic=args.calib_stat,

@@ -35,11 +35,13 @@ class AttrSpec:
     default: AttrValue | None = None
     length: int | None = None
     choices: tuple[str, ...] | None = None
+    #: absent means 0 (and 0 is normalized away), so graphs that do not use it print as before
+    optional: bool = False
 
     @property
     def required(self) -> bool:
-        """Attributes without a default must be given."""
-        return self.default is None
+        """Attributes without a default must be given (unless optional)."""
+        return self.default is None and not self.optional
 
 
 class Trait(Enum):
@@ -223,6 +225,12 @@ def _infer_if(ts: Sequence[TensorType], attrs: Attrs) -> TensorType:
     _channel_param(ts, attrs, "if threshold")
     if attr_float(attrs, "theta") <= 0:
         raise _fail(f"if threshold must be > 0, got {attrs['theta']}")
+    init = if_init(attrs)
+    if not (0.0 <= init <= 1.0 and on_init_grid(init)):
+        raise _fail(
+            f"if init must be a multiple of 1/{1 << INIT_BITS} in [0, 1] (a fraction of θ), "
+            f"got {init!r}"
+        )
     return ts[0].with_kind(Kind.SPIKE)
 
 
@@ -322,13 +330,14 @@ OPS: dict[str, OpDef] = {
         ),
         OpDef(
             "if",
-            "integrate-and-fire: v += z; s = v ≥ θ; v -= θ (subtract) or v = 0 (zero); "
-            "θ = theta [· θ[c]]",
+            "integrate-and-fire: v(0) = init·θ; v += z; s = v ≥ θ; v -= θ (subtract) or v = 0 "
+            "(zero); θ = theta [· θ[c]]",
             ("value", "const?"),
             {
                 "theta": AttrSpec("float", 1.0),
                 "reset": AttrSpec("str", "subtract", choices=("subtract", "zero")),
                 "axis": _AXIS,
+                "init": AttrSpec("float", optional=True),
             },
             _infer_if,
         ),
@@ -379,6 +388,22 @@ def layer_ops(g: Graph, n: Node) -> int:
 THRESHOLD_BITS = 20
 
 
+#: an ``if`` neuron's initial membrane is ``init``·θ with ``init`` a multiple of 2^-INIT_BITS, so
+#: that on the threshold's dyadic grid Θ·2^u it is an integer m·Θ in the unit 2^(u − INIT_BITS)
+INIT_BITS = 8
+
+
+def if_init(attrs: Attrs) -> float:
+    """An ``if`` node's initial membrane as a fraction of θ (0 when the attribute is absent)."""
+    return attr_float(attrs, "init") if "init" in attrs else 0.0
+
+
+def on_init_grid(f: float) -> bool:
+    """Whether ``f`` is a multiple of 2^-INIT_BITS."""
+    scaled = f * (1 << INIT_BITS)
+    return math.isfinite(scaled) and scaled == round(scaled)
+
+
 def threshold_unit(theta: np.ndarray) -> int:
     """The exponent u of the dyadic threshold grid 2^u: ⌊log2 min θ⌋ − :data:`THRESHOLD_BITS`,
     so that every θ = Θ·2^u with an integer Θ of at least 20 significant bits."""
@@ -390,7 +415,7 @@ def normalize_attrs(op: OpDef, attrs: Attrs) -> Attrs:
     out: Attrs = {}
     for key, spec in op.attrs.items():
         value = attrs.get(key, spec.default)
-        if value is None:
+        if value is None or (spec.optional and value == 0):
             continue
         out[key] = coerce_attr(spec, value)
     for key in attrs:

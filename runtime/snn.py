@@ -4,7 +4,9 @@ Semantics (per image, timestep t = 1..T):
 
 * the network input is applied directly as a constant current at every step;
 * an ``if`` neuron integrates ``v ← v + z[t]``, emits ``s[t] = 1`` when ``v ≥ θ``, then resets
-  ``v ← v − θ`` (subtract) or ``v ← 0`` (zero); membranes start at 0 and are float64;
+  ``v ← v − θ`` (subtract) or ``v ← 0`` (zero); membranes are float64 and start at
+  ``v(0) = init·θ`` (the node's ``init`` attribute, 0 when absent; a multiple of 1/256, so
+  the product is exact);
 * a ``readout`` accumulates ``V[t] = Σ_{τ ≤ t} z[τ]`` with no threshold, and the prediction at
   step t is ``argmax V[t]`` — one run gives the whole accuracy-vs-timestep curve.
 
@@ -34,7 +36,7 @@ import numpy as np
 
 from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Graph, Node, attr_float, attr_int, attr_ints
-from bsnnc.ir.ops import Trait, has_trait, is_binary_layer
+from bsnnc.ir.ops import Trait, has_trait, if_init, is_binary_layer
 from bsnnc.ir.verifier import verify_spiking
 from bsnnc.runtime import kernels as K
 from bsnnc.runtime.ann import ANN_KERNELS, last_uses
@@ -239,7 +241,8 @@ class SnnRuntime:
         state: WindowState,
     ) -> Value:
         theta, reset = _threshold(n, consts), str(n.attrs["reset"])
-        return fire(n.result, z, theta, attr_int(n.attrs, "axis"), reset, T, trace, state)
+        v0 = if_init(n.attrs) * theta
+        return fire(n.result, z, theta, attr_int(n.attrs, "axis"), reset, T, trace, state, v0)
 
     def _conv_fire(
         self, n: Node, f: Node, s: Value, T: int, trace: SnnTrace, state: WindowState
@@ -254,12 +257,14 @@ class SnnRuntime:
         trace.layer_input[n.result] = step_counts(s.data)
         consts = [self.g.constants[c].array() for c in f.const_operands()]
         shape = (s.data.shape[1], int(n.type.shape[2] or 0), int(n.type.shape[3] or 0))
-        v = state.membranes.setdefault(
-            f.result, np.zeros((*shape, int(n.type.shape[1] or 0)), np.float64)
-        )
+        theta = _threshold(f, consts)
+        if f.result not in state.membranes:
+            state.membranes[f.result] = initial_membranes(
+                (*shape, int(n.type.shape[1] or 0)), if_init(f.attrs) * theta, 3
+            )
         subtract = str(f.attrs["reset"]) == "subtract"
         spikes, trace.spikes[f.result], trace.per_neuron[f.result] = kernel.fire(
-            s.data, s.nhwc, _threshold(f, consts), subtract, v
+            s.data, s.nhwc, theta, subtract, state.membranes[f.result]
         )
         return Value(spikes, False, True)
 
@@ -312,11 +317,13 @@ def fire(
     T: int,
     trace: SnnTrace,
     state: WindowState,
+    v0: np.ndarray | None = None,
 ) -> Value:
     """An IF layer over T steps (:func:`if_scan`'s semantics, compiled): currents ``z`` in
     either layout, ``theta`` one value or one per channel along ``axis`` of one step's shape
     in the IR's layout (with ``z.nhwc`` the channels are last); membranes from and back to
-    ``state``; records the spike counts in ``trace`` (per neuron in the IR's order, which the
+    ``state``, starting at ``v0`` (shaped like ``theta``; zeros when None) in the first
+    window; records the spike counts in ``trace`` (per neuron in the IR's order, which the
     digest hashes). The spikes keep ``z``'s layout."""
     from bsnnc.runtime.bitkernels import if_scan_fast
 
@@ -324,11 +331,29 @@ def fire(
         z = nchw(z)
     shape = z.data.shape if z.static else z.data.shape[1:]
     inner = 1 if z.nhwc or theta.size == 1 else int(np.prod(shape[axis + 1 :]))
-    v = state.membranes.setdefault(layer, np.zeros(shape, np.float64))
+    if layer not in state.membranes:
+        state.membranes[layer] = initial_membranes(shape, v0, len(shape) - 1 if z.nhwc else axis)
+    v = state.membranes[layer]
     s, trace.spikes[layer], trace.per_neuron[layer] = if_scan_fast(
         z.data, z.static, theta, inner, reset == "subtract", T, v, z.nhwc
     )
     return Value(s, False, z.nhwc)
+
+
+def initial_membranes(shape: tuple[int, ...], v0: np.ndarray | None, axis: int) -> np.ndarray:
+    """Membranes [N, ...] at t = 0 (float64): ``v0`` everywhere (one value) or per channel
+    along ``axis`` of ``shape``; zeros when ``v0`` is None or all zero."""
+    v = np.zeros(shape, np.float64)
+    if v0 is None or not np.any(v0):
+        return v
+    vec = np.asarray(v0, np.float64).reshape(-1)
+    if vec.size == 1:
+        v[...] = vec[0]
+    else:
+        view = [1] * len(shape)
+        view[axis] = vec.size
+        v[...] = vec.reshape(view)
+    return v
 
 
 def readout(z: Value, T: int, t0: int = 0, last: np.ndarray | None = None) -> Value:

@@ -24,7 +24,7 @@ from zoo import ZOO
 
 import bsnnc
 from bsnnc.compiler.cli import main
-from bsnnc.compiler.passes import PIPELINES, REGISTRY
+from bsnnc.compiler.passes import PIPELINES, REGISTRY, PassOptions
 from bsnnc.ir.graph import Graph, Node
 from bsnnc.ir.io import load_ir
 from bsnnc.ir.printer import print_graph
@@ -271,6 +271,7 @@ def test_compile_artifact_matches_dump_ir(
     assert artifact.meta["source"]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert artifact.meta["conversion"] == {
         "reset": "subtract",
+        "v_init": PassOptions().v_init,
         "percentile": 99.7,
         "norm": "layer",
         "calib_stat": "image-max",
@@ -514,6 +515,7 @@ def test_conversion_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         "--norm": "channel",
         "--calib-stat": "activations",
         "--calib-limit": "10",
+        "--v-init": "0.25",
     }
     text, _ = ok(
         ["compile", "digits", "-o", out, "--json", *[x for kv in options.items() for x in kv]],
@@ -525,7 +527,7 @@ def test_conversion_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert calib["statistic"] == "activations" and calib["granularity"] == "channel"
     a = read_artifact(out)
     ifs = if_nodes(a.graph)
-    assert ifs and all(n.attrs["reset"] == "zero" for n in ifs)
+    assert ifs and all(n.attrs["reset"] == "zero" and n.attrs["init"] == 0.25 for n in ifs)
     for n, c in zip(ifs, calib["layers"], strict=True):
         channels = n.type.shape[1]
         assert len(c["lambda"]) == len(c["max"]) == channels  # one λ per channel
@@ -533,6 +535,7 @@ def test_conversion_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert c["lambda"] == [m if m > 0 else 1.0 for m in c["max"]]
     assert a.meta["conversion"] == {
         "reset": "zero",
+        "v_init": 0.25,
         "percentile": 100.0,
         "norm": "channel",
         "calib_stat": "activations",
@@ -709,7 +712,22 @@ def test_verify_table_output(zoo_dir: Path, capsys: pytest.CaptureFixture[str]) 
     assert "ok" in err and "4 images" in err
 
 
-FIXTURE_MODELS = sorted(FIXTURES.glob("*.onnx"))
+#: the PyTorch exports (the Brevitas QONNX exports, ``brevitas_*``, carry custom-domain ops)
+FIXTURE_MODELS = sorted(p for p in FIXTURES.glob("*.onnx") if not p.name.startswith("brevitas_"))
+QONNX_MODELS = sorted(FIXTURES.glob("brevitas_*.onnx"))
+
+
+@pytest.mark.parametrize("model", QONNX_MODELS, ids=[p.stem for p in QONNX_MODELS])
+def test_qonnx_exports_are_refused_naming_the_first_quant_node(
+    model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not imported yet: the first ``Quant`` node is named, exit 2, nothing written."""
+    out = tmp_path / "q.tiles"
+    assert cli(["compile", model, "--calib", "digits", "-o", out]) == 2
+    err = capsys.readouterr().err
+    assert "(Quant): custom domain 'qonnx.custom_op.general' is not supported" in err
+    assert "/act1/" in err or "node__symbolic" in err
+    assert "Traceback" not in err and not out.exists()
 
 
 def test_fixtures_exist() -> None:

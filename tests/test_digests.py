@@ -2,7 +2,8 @@
 (integer or bit-packed kernels, ...) is checked against stored values, not against itself.
 
 For every zoo model and the embedded ``digits`` model, compiled with ``--reset subtract`` and
-``--reset zero``, ``bsnnc simulate -T 12 --json --no-ann`` runs on 16 images with
+``--reset zero`` from empty membranes (``--v-init zero``) and with ``--reset subtract`` from
+half-full ones (``--v-init half``), ``bsnnc simulate -T 12 --json --no-ann`` runs on 16 images with
 ``--backend numpy`` and ``--backend rram``, without early exit and with one early-exit
 threshold. Each case pins the whole ``simulate --json`` object (spike digest, predictions,
 accuracy curve, spike rates, IFR, #OPS, exit histogram and, on the tile simulator, every event
@@ -42,7 +43,14 @@ DIGESTS = GOLDEN / "digests.json"
 T = 12
 IMAGES = 16
 MODELS = ["digits", *sorted(ZOO)]
-RESETS = ["subtract", "zero"]
+#: the conversions: ``--reset`` and ``--v-init`` (the cases pinned before the half-threshold
+#: start existed keep their names and start from empty membranes)
+CONVERSIONS = {
+    "subtract": ["--reset", "subtract", "--v-init", "zero"],
+    "zero": ["--reset", "zero", "--v-init", "zero"],
+    "subtract-half": ["--reset", "subtract", "--v-init", "half"],
+}
+RESETS = list(CONVERSIONS)
 BACKENDS = ["numpy", "rram"]
 EXITS = ["noexit", "exit"]
 DROPPED = ("seconds", "image_timesteps_per_second", "artifact")  # timings, a temporary path
@@ -84,8 +92,8 @@ class Artifacts:
                 if model == "digits"
                 else [self.zoo / f"{model}.onnx", "--calib", self.zoo / f"{model}.npz"]
             )
-            code = cli(["compile", *src, "--reset", reset, "-o", out])
-            assert code == 0, f"compile {model} --reset {reset} exited {code}"
+            code = cli(["compile", *src, *CONVERSIONS[reset], "-o", out])
+            assert code == 0, f"compile {model} {' '.join(CONVERSIONS[reset])} exited {code}"
             self.paths[key] = out
         return self.paths[key]
 
@@ -211,7 +219,7 @@ def test_simulation_matches_stored_digest(
         pytest.fail(f"{name} differs from {DIGESTS.name} in {len(diffs)} field(s):\n  {shown}")
 
     # sanity: the stored case is what it claims to be
-    assert expected["backend"] == backend and expected["reset"] == reset
+    assert expected["backend"] == backend and expected["reset"] == CONVERSIONS[reset][1]
     assert expected["images"] == IMAGES and expected["timesteps"] == T
     assert len(expected["predictions"]) == IMAGES
     if threshold is None:

@@ -14,6 +14,7 @@ import pytest
 from conftest import FIXTURES, ROOT
 
 from bsnnc.compiler.frontend.importer import import_onnx
+from bsnnc.ir.types import Kind
 from bsnnc.runtime.ann import run_ann
 
 torch = pytest.importorskip(
@@ -74,3 +75,23 @@ def test_export_torch_fixtures_runs_and_imports(tmp_path: Path) -> None:
     for exporter in ("classic", "dynamo"):
         g = import_onnx(tmp_path / f"torch_{exporter}_signscale.onnx")
         assert any(c.type.kind.value == "bipolar" for c in g.constants.values())
+
+
+def test_train_digits_deep_runs_and_converts(tmp_path: Path) -> None:
+    """The deeper example (8 binary layers on 16×16 digits), one epoch per phase: it trains,
+    exports a model whose binary layers are exactly α·sign(W) (bsnnc finds 8), checks it
+    against onnxruntime, and writes the image sets the README's latency table reads."""
+    proc = run_example(
+        "train_digits_deep.py", "--out-dir", str(tmp_path), "--fp-epochs", "1", "--bin-epochs", "1"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "onnxruntime argmax == torch argmax on all 450 test images" in proc.stdout
+    g = import_onnx(tmp_path / "digits_deep.onnx")
+    binary = [n for n in g.nodes if n.op in ("conv2d", "dense") and g.constants[
+        n.const_operands()[0]].type.kind == Kind.BIPOLAR]  # fmt: skip
+    assert len(binary) == 8
+    with np.load(tmp_path / "digits_deep_test.npz") as z:
+        assert z["x"].shape == (450, 1, 16, 16) and z["x"].dtype == np.float32
+        out = run_ann(g, z["x"][:32])[g.outputs[0]]
+    facts = json.loads((tmp_path / "digits_deep_torch.json").read_text())
+    assert list(out.argmax(axis=1)) == facts["test_predictions"][:32]

@@ -85,6 +85,12 @@ COMPILE_CASES: list[tuple[list[str], str, str]] = [
         for v in ("0", "-1", "1000000001", "2.5")
     ],
     *[
+        ([f"--v-init={v}"], "--v-init", "expected zero, half or a fraction of θ from 0 to 1")
+        for v in ("nan", "-0.5", "1.5", "inf", "full")
+    ],
+    (["--v-init=0.3"], "--v-init", "a multiple of 1/256 (the tile program stores the initial"),
+    (["--v-init=0.3"], "--v-init", "the nearest is 0.30078125"),
+    *[
         (["--input-shape", v], "--input-shape", SHAPE_RANGE)
         for v in ("1,0,8", "1,-8,8", "1,100000,8", "64,4096,4096", "1,2,3,4,5,6,7,8,9", "1,x,8")
     ],
@@ -169,6 +175,12 @@ BOUNDARIES: list[tuple[list[str], str, str, str, Any]] = [
     (["compile", "digits"], "--percentile", "1e-9", "percentile", 1e-9),
     (["compile", "digits"], "--percentile", "100", "percentile", 100.0),
     (["compile", "digits"], "--percentile", "max", "percentile", 100.0),
+    (["compile", "digits"], "--v-init", "zero", "v_init", 0.0),
+    (["compile", "digits"], "--v-init", "half", "v_init", 0.5),
+    (["compile", "digits"], "--v-init", "0", "v_init", 0.0),
+    (["compile", "digits"], "--v-init", "1", "v_init", 1.0),
+    (["compile", "digits"], "--v-init", "0.00390625", "v_init", 1 / 256),
+    (["opt", "a.ir"], "--v-init", "0.75", "v_init", 0.75),
     (["compile", "digits"], "--calib-limit", "1", "calib_limit", 1),
     (["compile", "digits"], "--calib-limit", "1000000000", "calib_limit", 10**9),
     (["compile", "digits"], "--input-shape", "1", "input_shape", (1,)),

@@ -439,3 +439,33 @@ def test_attach_weights_accepts_a_bipolar_layer_of_plus_minus_one() -> None:
     assert g.constants["w1"].data is not None
     assert set(np.unique(g.constants["w1"].data).tolist()) == {-1, 1}
     verify(g)
+
+
+def test_if_init_prints_parses_and_zero_is_absent() -> None:
+    """``init`` (the IF membranes' start, a fraction of θ) prints only when it is not 0, parses
+    back, and 0 given explicitly means the same graph as no attribute."""
+    text = print_graph(small_graph())
+    assert "init" not in text
+    plain = '{axis=1, reset="zero", theta=0.25}'
+    half = text.replace(plain, '{axis=1, init=0.5, reset="zero", theta=0.25}')
+    assert half != text
+    assert print_graph(parse(half)) == half
+    zero = text.replace(plain, '{axis=1, init=0.0, reset="zero", theta=0.25}')
+    assert print_graph(parse(zero)) == text
+
+
+@pytest.mark.parametrize(
+    ("value", "expect"),
+    [
+        ("0.3", "if init must be a multiple of 1/256 in [0, 1] (a fraction of θ), got 0.3"),
+        ("1.5", "got 1.5"),
+        ("-0.5", "got -0.5"),
+        ("nan", "got nan"),
+    ],
+)
+def test_if_init_off_its_grid_is_refused_with_its_line(value: str, expect: str) -> None:
+    text = print_graph(small_graph()).replace("{axis=1, reset", f"{{axis=1, init={value}, reset")
+    with pytest.raises((IRParseError, VerifyError)) as e:
+        verify(parse(text, source="m.ir"), check_data=False)
+    assert expect in str(e.value)
+    assert "10:" in str(e.value) or "line 10" in str(e.value)

@@ -121,6 +121,26 @@ def test_insert_if_around_pooling_all_arrangements(zoo_data: Path) -> None:
     assert ("global_avgpool", "if", ("if",)) in seen  # GAP after ReLU: IF inserted
 
 
+@pytest.mark.parametrize("v_init", [0.0, 0.25])
+def test_every_if_neuron_carries_the_initial_membrane(v_init: float, zoo_data: Path) -> None:
+    """``v_init`` reaches every IF layer — lowered from a ReLU, moved before a max pool or
+    inserted after a pool — through threshold folding (per layer and per channel); 0 leaves
+    no attribute."""
+    for name in ("avg_after_relu", "max_ceil", "gap_binary"):
+        for norm in ("layer", "channel"):
+            g = stages(
+                import_onnx(zoo_data / f"{name}.onnx"),
+                zoo_data / f"{name}.npz",
+                v_init=v_init,
+                granularity=norm,
+            )["canonicalize"]
+            ifs = [n for n in g.nodes if n.op == "if"]
+            assert any((n.loc or "").endswith(".if") for n in ifs) or name == "max_ceil"
+            for n in ifs:
+                assert n.attrs.get("init", 0.0) == v_init
+                assert ("init" in n.attrs) == (v_init != 0)
+
+
 def test_max_pool_before_relu_gets_an_if_before_the_pool(zoo_data: Path) -> None:
     g0 = import_onnx(zoo_data / "max_ceil.onnx")
     before = [(n.op, g0.node_map()[n.value_operands()[0]].op) for n in g0.nodes if n.op == "relu"]

@@ -169,6 +169,16 @@ IR_CASES: list[tuple[str, Edit, str]] = [
         text_edit("graph.ir", sub(r"theta=[0-9.]+", "theta=nan")),
         "if threshold must be finite and > 0",
     ),
+    (
+        "init-off-its-grid",
+        text_edit("graph.ir", sub(r"init=0.5", "init=0.3")),
+        "if init must be a multiple of 1/256 in [0, 1] (a fraction of θ), got 0.3",
+    ),
+    (
+        "init-changed-in-the-graph-only",
+        text_edit("graph.ir", sub(r"init=0.5", "init=0.25")),
+        "v(0) = I·2^unit = 1.787353515625 on channel 0, but graph.ir's %1 has v(0) = 0.8936",
+    ),
 ]
 
 #: program.txt and program.npz (class B); ``static``: caught without the graph (inspect too)
@@ -253,6 +263,31 @@ PROGRAM_CASES: list[tuple[str, Edit, str, bool]] = [
         text_edit("program.txt", sub(r"theta 1874176 ", "theta 1874177 ")),
         "but graph.ir's %1 has θ = 3.57470703125",
         False,
+    ),
+    (
+        "init-disagrees",
+        text_edit("program.txt", sub(r"init 937088 ", "init 937089 ")),
+        "v(0) = I·2^unit = 1.7873554229736328 on channel 0, but graph.ir's %1 has v(0) = "
+        "1.787353515625",
+        False,
+    ),
+    (
+        "init-removed",
+        text_edit("program.txt", sub(r"(neuron %4 .*) init [0-9]+", r"\1")),
+        "v(0) = I·2^unit = 0.0 on channel 0, but graph.ir's %4 has v(0) = 11.57",
+        False,
+    ),
+    (
+        "init-negative",
+        text_edit("program.txt", sub(r"init 937088 ", "init -1 ")),
+        "init -1 is out of range (0 to 2^53)",
+        True,
+    ),
+    (
+        "init-before-unit",
+        text_edit("program.txt", sub(r"unit -19 init 937088 ", "init 937088 unit -19 ")),
+        "malformed arguments; expected: neuron",
+        True,
     ),
     (
         "reset-disagrees",

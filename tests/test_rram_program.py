@@ -98,6 +98,25 @@ def test_integer_thresholds() -> None:
     assert integer_thresholds(np.array([1 / 3])) is None  # not dyadic: kept as a float
 
 
+@pytest.mark.parametrize("init", [0.5, 0.75, 3 / 256, 1.0])
+def test_integer_thresholds_make_the_initial_membrane_an_integer(init: float) -> None:
+    """With an initial membrane init·θ the unit drops by the fewest bits that make init·Θ
+    whole: θ = Θ·2^unit and v(0) = init·Θ·2^unit stay exact."""
+    theta = np.array([3.0, 1.25 + 2.0**-20])  # Θ odd on the plain grid (unit -20)
+    plain = integer_thresholds(theta)
+    found = integer_thresholds(theta, init)
+    assert plain is not None and found is not None
+    big, unit = found
+    np.testing.assert_array_equal(big * 2.0**unit, theta)
+    v0 = big * init
+    np.testing.assert_array_equal(v0, np.round(v0))
+    shift = plain[1] - unit
+    assert 0 <= shift <= 8
+    if shift:  # one bit fewer would not do
+        half = big / 2 * init
+        assert not np.all(half == np.round(half))
+
+
 def _rewrite(src: Path, dst: Path, member: str, data: bytes, fix_checksum: bool) -> None:
     with zipfile.ZipFile(src) as z:
         members = {n: z.read(n) for n in z.namelist()}
@@ -234,12 +253,18 @@ def test_typed_views_of_the_statements(zoo_data: Path) -> None:
         for b in m.blocks
     ]
     neurons = [NeuronDecl.of(s) for s in program.decls if s.op == "neuron"]
-    assert {d.layer for d in neurons} == {n.result for n in g.nodes if n.op == "if"}
+    ifs = {n.result: n for n in g.nodes if n.op == "if"}
+    assert {d.layer for d in neurons} == set(ifs)
     for d in neurons:
         assert d.reset == "subtract" and d.unit < 0
         assert (d.theta is None) == (d.theta_array is not None)
         if d.theta_array is not None:
             assert arrays[d.theta_array].dtype.kind == "i"
+        theta = d.theta if d.theta is not None else arrays[d.theta_array]
+        init = d.init if d.init is not None else arrays[str(d.init_array)]
+        np.testing.assert_array_equal(
+            np.asarray(init, np.float64), ifs[d.layer].attrs.get("init", 0.0) * np.asarray(theta)
+        )
     sends = [SendStmt.of(s) for s in program.body if s.op == "send"]
     assert sends and all(s.hops >= 0 for s in sends)
     mvms = [Instruction.of(s) for s in program.body if s.op == "mvm"]

@@ -59,7 +59,14 @@ KEYS = (
 
 @pytest.mark.parametrize("name", sorted(ZOO))
 @pytest.mark.parametrize(
-    "extra", [[], ["--reset", "zero", "--pack"], ["--hw", "rram-256", "--fp-layers", "bitsliced"]]
+    "extra",
+    [
+        [],
+        ["--reset", "zero", "--pack"],
+        ["--hw", "rram-256", "--fp-layers", "bitsliced"],
+        ["--v-init", "zero"],
+        ["--v-init", "0.75", "--norm", "channel", "--reset", "zero"],
+    ],
 )
 def test_bit_exact_with_the_reference(
     name: str, extra: list[str], zoo_data: Path, tmp_path: Path

@@ -19,7 +19,7 @@ from bsnnc.backends.rram.placement import mesh_position
 from bsnnc.backends.rram.program import Program, Stmt, Tok, word
 from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Graph, Node, channel_param
-from bsnnc.ir.ops import Trait, has_trait, threshold_unit
+from bsnnc.ir.ops import INIT_BITS, Trait, has_trait, if_init, threshold_unit
 
 
 def _v(name: str) -> Tok:
@@ -34,12 +34,21 @@ def _r(lo: int, hi: int) -> Tok:
     return Tok("range", f"{lo}:{hi}")
 
 
-def integer_thresholds(theta: np.ndarray) -> tuple[np.ndarray, int] | None:
-    """(Θ, unit) with θ = Θ·2^unit exactly, or None."""
+def integer_thresholds(theta: np.ndarray, init: float = 0.0) -> tuple[np.ndarray, int] | None:
+    """(Θ, unit) with θ = Θ·2^unit exactly and the initial membrane init·Θ an integer too
+    (init = m/2^INIT_BITS: the unit drops by the fewest bits, at most INIT_BITS, that make
+    m·Θ/2^INIT_BITS whole), or None."""
     unit = threshold_unit(theta)
     big = np.asarray(theta, np.float64) / 2.0**unit
-    if np.all(big == np.round(big)) and np.max(big) < 2**53:
-        return big.astype(np.int64), unit
+    if not (np.all(big == np.round(big)) and np.max(big) < 2**53):
+        return None
+    for shift in range(INIT_BITS + 1):
+        scaled = big * 2.0**shift
+        v0 = scaled * init
+        if np.max(scaled) >= 2**53:
+            return None
+        if np.all(v0 == np.round(v0)):
+            return scaled.astype(np.int64), unit - shift
     return None
 
 
@@ -107,17 +116,26 @@ class _Emitter:
         theta = np.broadcast_to(
             np.asarray(channel_param(self.g, n, "theta"), np.float64), (channels,)
         )
-        found = integer_thresholds(theta)
+        init = if_init(n.attrs)
+        found = integer_thresholds(theta, init)
         args: list[Any] = [_v(n.result), word("theta")]
         if found is None:
-            args += (
-                [float(theta[0])] if np.all(theta == theta[0]) else [self._store(n, "theta", theta)]
-            )
+            args += [self._vector(n, "theta", theta)]
+            if init:
+                args += [word("init"), self._vector(n, "init", init * theta)]
         else:
             big, unit = found
-            args += [int(big[0])] if np.all(big == big[0]) else [self._store(n, "theta", big)]
-            args += [word("unit"), unit]
+            args += [self._vector(n, "theta", big), word("unit"), unit]
+            if init:
+                v0 = big * init  # an integer: integer_thresholds made it one
+                args += [word("init"), self._vector(n, "init", v0.astype(np.int64))]
         self.p.decls.append(Stmt("neuron", [*args, word("reset"), word(str(n.attrs["reset"]))]))
+
+    def _vector(self, n: Node, key: str, v: np.ndarray) -> Any:
+        """One number when every channel has the same, else a per-channel array of program.npz."""
+        if np.all(v == v[0]):
+            return int(v[0]) if v.dtype.kind == "i" else float(v[0])
+        return self._store(n, key, v)
 
     def _store(self, n: Node, key: str, data: np.ndarray) -> Tok:
         name = f"%{n.result}.{key}"
@@ -211,6 +229,8 @@ _FORMS: dict[str, list[tuple[str, ...]]] = {
     "neuron": [
         ("value", "=theta", "theta", "=unit", "int", "=reset", "reset"),
         ("value", "=theta", "theta", "=reset", "reset"),
+        ("value", "=theta", "theta", "=unit", "int", "=init", "theta", "=reset", "reset"),
+        ("value", "=theta", "theta", "=init", "theta", "=reset", "reset"),
     ],
     "fire": [("value", "value")],
     "readout": [("value", "value")],
@@ -311,7 +331,8 @@ def _check_numbers(s: Stmt, fail: Callable[[Stmt, str], BsnncError]) -> None:
     """The numbers of a well-formed statement are in range: array indices, tiles, offsets and
     copies 0..2^20; array rows and columns 1..2^20; block rows and columns increasing ranges
     ``lo:hi`` with lo < hi ≤ 2^20; ``unit`` in -1074..1023; an integer θ in 1..2^53, a float
-    θ finite and > 0; ``hops`` in 0..10^6."""
+    θ finite and > 0; an integer ``init`` in 0..2^53, a float one finite and ≥ 0; ``hops`` in
+    0..10^6."""
     g = MAX_GEOMETRY
     for t in s.args:
         if isinstance(t, Tok) and t.kind == "array" and not _in(int(t.text[1:]), 0, g):
@@ -339,6 +360,11 @@ def _check_numbers(s: Stmt, fail: Callable[[Stmt, str], BsnncError]) -> None:
             raise fail(s, f"theta {theta} must be finite and > 0")
         if str(a[3]) == "unit" and not _in(int(str(a[4])), *UNIT_RANGE):
             raise fail(s, f"unit {a[4]} is out of range ({UNIT_RANGE[0]} to {UNIT_RANGE[1]})")
+        init = a[a.index(Tok("word", "init")) + 1] if Tok("word", "init") in a else 0
+        if isinstance(init, int) and not _in(init, 0, MAX_THETA):
+            raise fail(s, f"init {init} is out of range (0 to 2^53)")
+        if isinstance(init, float) and not (math.isfinite(init) and init >= 0):
+            raise fail(s, f"init {init} must be finite and ≥ 0")
     elif s.op == "send" and not _in(int(str(a[2])), 0, MAX_HOPS):
         raise fail(s, f"hops {a[2]} is out of range (0 to {MAX_HOPS:,})")
 

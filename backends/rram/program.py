@@ -9,6 +9,7 @@ timesteps rather than unrolled.
       array a0 tile 0 rows 128 cols 64            // an array, the tile it sits on, rows/cols used
       block %2 a0 rows 0:128 cols 0:64 at 0:0     // layer %2's matrix rows/cols → array, offset
       neuron %4 theta @%4.theta unit -20 reset subtract   // integer thresholds Θ·2^unit
+      neuron %6 theta 1169900 unit -18 init 584950 reset subtract   // v(0) = I·2^unit
       once {                                      // time-invariant: once per image, then held
         digital %0 conv2d %input                  // a layer computed next to the arrays / host
       }
@@ -151,24 +152,35 @@ class BlockDecl:
 
 @dataclass(frozen=True)
 class NeuronDecl:
-    """``neuron %L theta T|@%L.theta [unit U] reset R``: θ = T·2^U (a number, or the per-channel
-    integers of array ``theta_array`` in program.npz)."""
+    """``neuron %L theta T|@%L.theta [unit U] [init I|@%L.init] reset R``: θ = T·2^U and the
+    membranes start at v(0) = I·2^U (0 without ``init``): numbers, or the per-channel values
+    of arrays ``theta_array``/``init_array`` in program.npz."""
 
     layer: str
     theta: float | None
     theta_array: str | None
     unit: int
     reset: str
+    init: float | None = 0.0
+    init_array: str | None = None
 
     @staticmethod
     def of(s: Stmt) -> NeuronDecl:
         """The typed view of a checked ``neuron`` statement."""
         a = s.args
-        raw = a[2]
-        array = "%" + str(raw)[1:] if isinstance(raw, Tok) else None
-        theta = None if isinstance(raw, Tok) else float(raw)
-        unit = _int(a[4]) if str(a[3]) == "unit" else 0
-        return NeuronDecl(_value(a[0]), theta, array, unit, str(a[-1]))
+        keys = {str(a[i]): a[i + 1] for i in range(1, len(a) - 1, 2)}
+        theta, array = _number_or_array(keys["theta"])
+        init, init_array = _number_or_array(keys.get("init", 0.0))
+        unit = _int(keys["unit"]) if "unit" in keys else 0
+        return NeuronDecl(_value(a[0]), theta, array, unit, str(a[-1]), init, init_array)
+
+
+def _number_or_array(raw: object) -> tuple[float | None, str | None]:
+    """(the number, None) or (None, the array ``%L.key``) of an argument ``N`` or ``@L.key``."""
+    if isinstance(raw, Tok):
+        return None, "%" + str(raw)[1:]
+    assert isinstance(raw, int | float)
+    return float(raw), None
 
 
 @dataclass(frozen=True)

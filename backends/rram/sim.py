@@ -163,7 +163,7 @@ class TileSimulator:
         self.nodes = self.g.node_map()
         self.blocks: dict[str, list[tuple[int, int, int, int, int]]] = {}
         self.copies: dict[str, int] = {}
-        self.thresholds: dict[str, tuple[np.ndarray | float, str]] = {}
+        self.thresholds: dict[str, tuple[np.ndarray, str, np.ndarray]] = {}
         #: bit-sliced layers: input planes per read (1 for spikes, 2·b for real inputs)
         self.planes: dict[str, int] = {}
         for s in self.program.decls:
@@ -185,12 +185,15 @@ class TileSimulator:
             self.copies[b.layer] = max(self.copies.get(b.layer, 1), b.copy + 1)
         elif s.op == "neuron":
             d = NeuronDecl.of(s)
-            theta: np.ndarray | float
-            if d.theta_array is not None:
-                theta = self.arrays[d.theta_array].astype(np.float64)
-            else:
-                theta = float(d.theta or 0.0)
-            self.thresholds[d.layer] = (theta * 2.0**d.unit, d.reset)
+            theta = self._per_channel(d.theta, d.theta_array) * 2.0**d.unit
+            v0 = self._per_channel(d.init, d.init_array) * 2.0**d.unit
+            self.thresholds[d.layer] = (theta, d.reset, v0)
+
+    def _per_channel(self, number: float | None, array: str | None) -> np.ndarray:
+        """A neuron's number (one value) or its per-channel array of program.npz, as float64."""
+        if array is not None:
+            return self.arrays[array].astype(np.float64).reshape(-1)
+        return np.array([float(number or 0.0)])
 
     def _unpack(self, key: str) -> np.ndarray:
         layer = key[1:-2]
@@ -342,10 +345,9 @@ class TileSimulator:
         n = self.nodes[result]
         src = env[n.value_operands()[0]]
         if s.op == "fire":
-            theta, reset = self.thresholds[result]
-            th = np.asarray(theta, np.float64).reshape(-1)  # one θ, or one per channel (axis 1)
+            th, reset, v0 = self.thresholds[result]  # one θ, or one per channel (axis 1)
             ev.add("neuron_updates", n.type.numel_per_sample())
-            return fire(result, src, th, 1, reset, T, trace, state)
+            return fire(result, src, th, 1, reset, T, trace, state, v0)
         if s.op == "readout":
             return readout(nchw(src), T, t0, state.readout)
         if s.op == "mvm" and result in self.kernels:

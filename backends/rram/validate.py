@@ -23,8 +23,9 @@ agree. :func:`validate_program` checks, after :func:`~bsnnc.backends.rram.emit.c
   the same arrays when (and only when) the layer has more than one row block; every ``fire``
   is followed right away by its one ``send``;
 * every ``if`` node has exactly one ``neuron`` and every ``neuron`` names an ``if`` node;
-  its θ = Θ·2^unit equals the graph's θ (attribute times per-channel constant) exactly, and
-  its reset is the graph's;
+  its θ = Θ·2^unit equals the graph's θ (attribute times per-channel constant) exactly, its
+  initial membrane I·2^unit (0 without ``init``) equals the graph's init·θ exactly, and its
+  reset is the graph's;
 * the packed weights ``%L.w`` of every binary layer are uint8 with exactly ⌈K·N/8⌉ bytes
   and unpack to the sign pattern of the graph's bipolar weights (rows in
   :func:`~bsnnc.backends.rram.emit.unrolled` order); threshold arrays are integer or float
@@ -51,7 +52,7 @@ from bsnnc.backends.rram.program import BlockDecl, Instruction, NeuronDecl, Prog
 from bsnnc.ir.errors import ArtifactError, BsnncError
 from bsnnc.ir.graph import Graph, Node, channel_param
 from bsnnc.ir.io import read_npz
-from bsnnc.ir.ops import Trait, has_trait, is_binary_layer, ops_with
+from bsnnc.ir.ops import Trait, has_trait, if_init, is_binary_layer, ops_with
 from bsnnc.runtime.artifact import Artifact
 
 #: the graph ops an instruction may compute (``digital`` names its op)
@@ -379,22 +380,35 @@ class _Validator:
         want = np.broadcast_to(
             np.asarray(channel_param(self.g, n, "theta"), np.float64), (channels,)
         )
-        if d.theta_array is not None:
-            big = self.theta_array(d.theta_array, channels)
-        else:
-            big = np.full(channels, float(d.theta or 0.0))
-        with np.errstate(all="ignore"):
-            got = big * 2.0**d.unit
-        if not np.array_equal(got, want):
-            i = int(np.argmax(got != want))
-            raise self.at(
-                s,
-                f"θ = Θ·2^unit = {float(got[i])!r} on channel {i}, but graph.ir's %{n.result} has "
-                f"θ = {float(want[i])!r}",
-            )
+        self.equal(s, n, "θ = Θ·2^unit", self.vector(d.theta, d.theta_array, channels, d.unit),
+                   want)  # fmt: skip
+        v0 = self.vector(d.init, d.init_array, channels, d.unit)
+        self.equal(s, n, "v(0) = I·2^unit", v0, if_init(n.attrs) * want)
         if d.reset != n.attrs.get("reset"):
             raise self.at(
                 s, f"reset {d.reset}, but graph.ir's %{n.result} resets by {n.attrs.get('reset')}"
+            )
+
+    def vector(
+        self, number: float | None, array: str | None, channels: int, unit: int
+    ) -> np.ndarray:
+        """A neuron's number or per-channel array, times 2^unit, one value per channel."""
+        if array is None:
+            big = np.full(channels, float(number or 0.0))
+        else:
+            big = self.theta_array(array, channels)
+        with np.errstate(all="ignore"):
+            return big * 2.0**unit
+
+    def equal(self, s: Stmt, n: Node, what: str, got: np.ndarray, want: np.ndarray) -> None:
+        """``got`` (from the program) equals ``want`` (from the graph) on every channel."""
+        if not np.array_equal(got, want):
+            i = int(np.argmax(got != want))
+            name = what.split(" =")[0]
+            raise self.at(
+                s,
+                f"{what} = {float(got[i])!r} on channel {i}, but graph.ir's %{n.result} has "
+                f"{name} = {float(want[i])!r}",
             )
 
     def theta_array(self, name: str, channels: int) -> np.ndarray:

@@ -38,6 +38,11 @@ class PassOptions:
 
     #: IF reset mode: ``subtract`` (v -= θ) or ``zero`` (v = 0).
     reset: str = "subtract"
+    #: every IF membrane starts at ``v_init``·θ: 0.5, the half-threshold start, reaches the
+    #: ANN in a few steps (the embedded digits model: within 1 point at T = 8, 19 from empty
+    #: membranes; ``benchmarks/latency_v_init.py``); a multiple of 1/256 in [0, 1]
+    #: (:data:`bsnnc.ir.ops.INIT_BITS`).
+    v_init: float = 0.5
     #: percentile of the calibration statistic that maps to the maximum firing rate; 100 = max.
     percentile: float = 99.7
     #: ``layer`` (one threshold scale per layer) or ``channel`` (one per output channel).

@@ -45,7 +45,7 @@ from bsnnc.compiler.passes.base import (
 from bsnnc.ir.builder import Rewriter
 from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Graph, Node, channel_param
-from bsnnc.ir.ops import Trait, has_trait, threshold_unit
+from bsnnc.ir.ops import Trait, has_trait, if_init, threshold_unit
 from bsnnc.ir.types import Kind
 from bsnnc.ir.verifier import verify_spiking
 
@@ -139,7 +139,7 @@ def _emit_if(rw: Rewriter, g: Graph, n: Node, lam: dict[str, np.ndarray], notes:
     theta, beta = np.round(theta / q) * q, np.round(beta / q) * q
     name = (n.loc or n.result).strip("/").replace("/", ".")
     x = emit_scale_bias(rw, rw.env[src], np.ones(channels), beta, name, n.loc)
-    attrs = {"reset": n.attrs["reset"], "axis": 1}
+    attrs = {"reset": n.attrs["reset"], "axis": 1, "init": if_init(n.attrs)}
     if np.all(theta == theta[0]):
         rw.env[n.result] = rw.add("if", [x], {**attrs, "theta": float(theta[0])}, loc=n.loc)
     else:

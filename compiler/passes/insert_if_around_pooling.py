@@ -61,7 +61,7 @@ def _hoist_if_over_maxpool(g: Graph, notes: list[str]) -> Graph:
     return rw.finish_from_source()
 
 
-def _insert_after_pools(g: Graph, reset: str, notes: list[str]) -> Graph:
+def _insert_after_pools(g: Graph, reset: str, v_init: float, notes: list[str]) -> Graph:
     """Insert ``if`` after average/global pools (and shape ops) that feed binary layers."""
     nodes = g.node_map()
     need: set[str] = set()
@@ -82,7 +82,7 @@ def _insert_after_pools(g: Graph, reset: str, notes: list[str]) -> Graph:
     for n in g.nodes:
         new = rw.copy(n)
         if n.result in need:
-            attrs: Attrs = {"theta": 1.0, "reset": reset}
+            attrs: Attrs = {"theta": 1.0, "reset": reset, "init": v_init}
             rw.env[n.result] = rw.add("if", [new], attrs, loc=f"{n.loc or n.result}.if")
             notes.append(f"insert-if-around-pooling: IF inserted after {n.loc or n.result}")
     return rw.finish_from_source()
@@ -91,7 +91,9 @@ def _insert_after_pools(g: Graph, reset: str, notes: list[str]) -> Graph:
 def insert_if_around_pooling(g: Graph, options: PassOptions) -> PassResult:
     """See the module docstring."""
     notes: list[str] = []
-    out = _insert_after_pools(_hoist_if_over_maxpool(g, notes), options.reset, notes)
+    out = _insert_after_pools(
+        _hoist_if_over_maxpool(g, notes), options.reset, options.v_init, notes
+    )
     verify_spiking(out)
     return PassResult.of(g, out, notes)
 

@@ -1,7 +1,8 @@
 """lower-relu-to-if: every ReLU becomes an integrate-and-fire neuron; outputs accumulate.
 
 Pre: fold-scales ran (ANN form). Post: no ``relu`` remains; each is ``if {theta=1.0,
-reset=<option>}`` (thresholds are set by fold-threshold-normalization), and every graph output
+reset=<option>, init=<option>}`` (thresholds are set by fold-threshold-normalization; the
+membrane starts at init·θ), and every graph output
 ``y`` is replaced by ``readout(y)``, the final layer's membrane accumulated over time, with no
 threshold. Read as an ANN (rates), ``if`` with θ = 1 is ``relu`` and ``readout`` is the identity,
 so the graph still computes the same function.
@@ -12,7 +13,7 @@ from __future__ import annotations
 from bsnnc.compiler.passes.base import Pass, PassOptions, PassResult
 from bsnnc.ir.builder import Rewriter
 from bsnnc.ir.errors import BsnncError
-from bsnnc.ir.graph import Graph
+from bsnnc.ir.graph import Attrs, Graph
 
 
 def lower_relu_to_if(g: Graph, options: PassOptions) -> PassResult:
@@ -20,11 +21,11 @@ def lower_relu_to_if(g: Graph, options: PassOptions) -> PassResult:
     if any(n.op == "readout" for n in g.nodes):
         raise BsnncError("lower-relu-to-if: the graph is already lowered (it has a readout)")
     rw = Rewriter(g)
-    reset = options.reset
+    attrs: Attrs = {"theta": 1.0, "reset": options.reset, "init": options.v_init}
     for n in g.nodes:
         if n.op == "relu":
             x = rw.operand(n.operands[0])
-            rw.env[n.result] = rw.add("if", [x], {"theta": 1.0, "reset": reset}, loc=n.loc)
+            rw.env[n.result] = rw.add("if", [x], dict(attrs), loc=n.loc)
         else:
             rw.copy(n)
     for o in g.outputs:
