@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bsnnc.compiler.frontend.importer import import_onnx
@@ -35,10 +36,22 @@ STEPS = (2, 4, 8, 16, 32, 64)
 T = max(STEPS)
 
 
-def study(onnx_path: Path, train: Images, test: Images) -> list[dict[str, object]]:
-    """One row per (v_init, reset, statistic): accuracy at STEPS and the first T within 1 pt."""
+@dataclass
+class Row:
+    """One conversion of one model: accuracy at STEPS and the first T within 1 point."""
+
+    calib_stat: str
+    reset: str
+    v_init: str
+    ann: float
+    accuracy: dict[int, float]
+    first_within_1pt: int | None
+
+
+def study(onnx_path: Path, train: Images, test: Images) -> list[Row]:
+    """One row per (statistic, reset, v_init)."""
     g0 = import_onnx(onnx_path)
-    rows: list[dict[str, object]] = []
+    rows: list[Row] = []
     for stat in ("image-max", "activations"):
         for reset in ("subtract", "zero"):
             for name, v_init in (("zero", 0.0), ("half", 0.5)):
@@ -47,35 +60,26 @@ def study(onnx_path: Path, train: Images, test: Images) -> list[dict[str, object
                 out = metrics(g, test, run_chunks(g, test, T, 256, None), T, None)
                 conversion_summary(out, ann_accuracy(g, test)[0])
                 curve = out["accuracy_per_timestep"]
-                rows.append(
-                    {
-                        "calib_stat": stat,
-                        "reset": reset,
-                        "v_init": name,
-                        "ann": out["ann_accuracy"],
-                        "accuracy": {t: curve[t - 1] for t in STEPS},
-                        "first_within_1pt": out["first_timestep_within_1pt"],
-                    }
-                )
+                accuracy = {t: curve[t - 1] for t in STEPS}
+                first = out["first_timestep_within_1pt"]
+                rows.append(Row(stat, reset, name, out["ann_accuracy"], accuracy, first))
     return rows
 
 
-def table(title: str, rows: list[dict[str, object]]) -> str:
+def table(title: str, rows: list[Row]) -> str:
     """Markdown rows for the README."""
     head = " | ".join(f"T={t}" for t in STEPS)
     lines = [
-        f"**{title}** (ANN {100 * float(rows[0]['ann']):.2f} %)",  # type: ignore[arg-type]
+        f"**{title}** (ANN {100 * rows[0].ann:.2f} %)",
         "",
         f"| statistic | reset | v(0) | {head} | first T within 1 pt |",
         "|" + "---|" * (len(STEPS) + 4),
     ]
     for r in rows:
-        acc = r["accuracy"]
-        assert isinstance(acc, dict)
-        cells = " | ".join(f"{100 * acc[t]:.2f}" for t in STEPS)
+        cells = " | ".join(f"{100 * r.accuracy[t]:.2f}" for t in STEPS)
         lines.append(
-            f"| {r['calib_stat']} | {r['reset']} | {r['v_init']} | {cells} | "
-            f"{r['first_within_1pt'] or '> 64'} |"
+            f"| {r.calib_stat} | {r.reset} | {r.v_init} | {cells} | "
+            f"{r.first_within_1pt or '> 64'} |"
         )
     return "\n".join(lines)
 
@@ -103,7 +107,7 @@ def main() -> int:
         )
     results = {name: study(*spec) for name, spec in models.items()}
     if args.json:
-        print(json.dumps(results, indent=1))
+        print(json.dumps({k: [asdict(r) for r in v] for k, v in results.items()}, indent=1))
     else:
         print("\n\n".join(table(name, rows) for name, rows in results.items()))
     return 0

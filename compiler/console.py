@@ -97,12 +97,15 @@ def percentile_arg(text: str) -> float:
     return value
 
 
+#: ``--v-init``'s named starts (fractions of θ)
+V_INIT_NAMES = {"zero": 0.0, "half": 0.5}
+
+
 def v_init_arg(text: str) -> float:
     """An argparse type: ``zero``, ``half`` or a fraction of θ from 0 to 1 in steps of 1/256
     (the IF membranes' start, :data:`bsnnc.ir.ops.INIT_BITS`)."""
-    named = {"zero": 0.0, "half": 0.5}
-    if text in named:
-        return named[text]
+    if text in V_INIT_NAMES:
+        return V_INIT_NAMES[text]
     value = _float_or_nan(text)
     if not (math.isfinite(value) and 0 <= value <= 1):
         raise argparse.ArgumentTypeError(

@@ -8,7 +8,14 @@ from typing import Any
 
 from bsnnc.backends.rram.hw import PRESETS
 from bsnnc.backends.rram.lower import RramOptions
-from bsnnc.compiler.console import MAX_IMAGES, float_in, int_in, percentile_arg, v_init_arg
+from bsnnc.compiler.console import (
+    MAX_IMAGES,
+    V_INIT_NAMES,
+    float_in,
+    int_in,
+    percentile_arg,
+    v_init_arg,
+)
 from bsnnc.compiler.passes import PassOptions
 from bsnnc.ir.errors import DataError
 from bsnnc.ir.graph import Graph
@@ -22,7 +29,7 @@ MAX_DUPLICATE = 100.0
 
 
 def _v_init_name(f: float) -> str:
-    return {0.0: "zero", 0.5: "half"}.get(f, f"{f:g}")
+    return next((name for name, v in V_INIT_NAMES.items() if v == f), f"{f:g}")
 
 
 def add_conversion_options(p: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -118,7 +119,7 @@ def test_digits_snn_within_one_point_of_ann_at_64_steps(digits_graph: Graph) -> 
     assert all(0 < r < 1 for r in m["spike_rates"].values())
 
 
-def _curve(onnx_path: Path, train: Images, test: Images, v_init: float) -> dict[str, object]:
+def _curve(onnx_path: Path, train: Images, test: Images, v_init: float) -> dict[str, Any]:
     g = run_pipeline(import_onnx(onnx_path), PassOptions(calib=lambda: train, v_init=v_init)).graph
     m = metrics(g, test, run_chunks(g, test, 64, 256, None), 64, None)
     conversion_summary(m, ann_accuracy(g, test)[0])
@@ -144,7 +145,7 @@ def test_half_threshold_start_reaches_the_ann_within_8_steps(model: str) -> None
     first = half["first_timestep_within_1pt"]
     assert isinstance(first, int) and first <= 8
     assert empty["first_timestep_within_1pt"] in (19, 25)  # the measured baseline
-    assert half["final_accuracy"] >= empty["final_accuracy"]  # type: ignore[operator]
+    assert half["final_accuracy"] >= empty["final_accuracy"]
 
 
 def test_results_do_not_depend_on_chunking(digits_graph: Graph) -> None:

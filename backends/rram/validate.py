@@ -28,8 +28,8 @@ agree. :func:`validate_program` checks, after :func:`~bsnnc.backends.rram.emit.c
   reset is the graph's;
 * the packed weights ``%L.w`` of every binary layer are uint8 with exactly ⌈K·N/8⌉ bytes
   and unpack to the sign pattern of the graph's bipolar weights (rows in
-  :func:`~bsnnc.backends.rram.emit.unrolled` order); threshold arrays are integer or float
-  vectors of one value per channel; ``program.npz`` holds nothing else.
+  :func:`~bsnnc.backends.rram.emit.unrolled` order); threshold and initial-membrane arrays
+  are integer or float vectors of one value per channel; ``program.npz`` holds nothing else.
 
 Errors name ``FILE[program.txt]:line:column`` for a statement, ``FILE[program.txt]`` for
 something missing, and ``FILE[program.npz]:array`` for an array.
@@ -380,10 +380,10 @@ class _Validator:
         want = np.broadcast_to(
             np.asarray(channel_param(self.g, n, "theta"), np.float64), (channels,)
         )
-        self.equal(s, n, "θ = Θ·2^unit", self.vector(d.theta, d.theta_array, channels, d.unit),
-                   want)  # fmt: skip
+        theta = self.vector(d.theta, d.theta_array, channels, d.unit)
+        self.equal(s, n, "θ", "Θ·2^unit", theta, want)
         v0 = self.vector(d.init, d.init_array, channels, d.unit)
-        self.equal(s, n, "v(0) = I·2^unit", v0, if_init(n.attrs) * want)
+        self.equal(s, n, "v(0)", "I·2^unit", v0, if_init(n.attrs) * want)
         if d.reset != n.attrs.get("reset"):
             raise self.at(
                 s, f"reset {d.reset}, but graph.ir's %{n.result} resets by {n.attrs.get('reset')}"
@@ -396,23 +396,25 @@ class _Validator:
         if array is None:
             big = np.full(channels, float(number or 0.0))
         else:
-            big = self.theta_array(array, channels)
+            big = self.channel_array(array, channels)
         with np.errstate(all="ignore"):
             return big * 2.0**unit
 
-    def equal(self, s: Stmt, n: Node, what: str, got: np.ndarray, want: np.ndarray) -> None:
-        """``got`` (from the program) equals ``want`` (from the graph) on every channel."""
+    def equal(
+        self, s: Stmt, n: Node, name: str, formula: str, got: np.ndarray, want: np.ndarray
+    ) -> None:
+        """``name`` = ``formula`` = ``got`` (from the program) equals ``want`` (from the graph)
+        on every channel."""
         if not np.array_equal(got, want):
             i = int(np.argmax(got != want))
-            name = what.split(" =")[0]
             raise self.at(
                 s,
-                f"{what} = {float(got[i])!r} on channel {i}, but graph.ir's %{n.result} has "
-                f"{name} = {float(want[i])!r}",
+                f"{name} = {formula} = {float(got[i])!r} on channel {i}, but graph.ir's "
+                f"%{n.result} has {name} = {float(want[i])!r}",
             )
 
-    def theta_array(self, name: str, channels: int) -> np.ndarray:
-        """The per-channel Θ of array ``name``: one finite number per channel."""
+    def channel_array(self, name: str, channels: int) -> np.ndarray:
+        """The per-channel Θ or I of array ``name``: one finite number per channel."""
         self.used.add(name)
         if name not in self.arrays:
             raise self.member(name, "missing (a neuron of program.txt refers to it)")

@@ -25,7 +25,7 @@ def lower_relu_to_if(g: Graph, options: PassOptions) -> PassResult:
     for n in g.nodes:
         if n.op == "relu":
             x = rw.operand(n.operands[0])
-            rw.env[n.result] = rw.add("if", [x], dict(attrs), loc=n.loc)
+            rw.env[n.result] = rw.add("if", [x], attrs, loc=n.loc)
         else:
             rw.copy(n)
     for o in g.outputs:
