@@ -187,7 +187,11 @@ def calibration_line(calib: dict[str, Any] | None) -> str | None:
     """``calibrated on 512 images from digits:train`` (None when nothing was calibrated)."""
     if not calib:
         return None
-    return f"calibrated on {calib['images']} images from {calib['source']}"
+    fixed = sum(1 for layer in calib["layers"] if layer.get("from") == "quantizer")
+    if not calib["images"]:
+        return f"thresholds of all {fixed} IF layers from their quantizers (λ = L·Δ), no images"
+    line = f"calibrated on {calib['images']} images from {calib['source']}"
+    return f"{line}; {fixed} IF layer(s) from their quantizers" if fixed else line
 
 
 def _report(args: argparse.Namespace, c: Compiled, out: Path | None) -> int:

@@ -64,6 +64,7 @@ from typing import Any
 # Imported before anything loads torch: train_digits sets the environment for bit-identical
 # training (see there). The isort split keeps it first.
 import train_digits
+from qonnx_exec import run_qonnx
 
 # isort: split
 
@@ -267,30 +268,6 @@ def export_dynamo(model: nn.Module, path: Path) -> list[str]:
     else:
         onnx.save_model(proto, str(path), save_as_external_data=False)
     return notes
-
-
-def run_qonnx(path: Path, x: np.ndarray) -> np.ndarray | None:
-    """Logits of ``qonnx.core.onnx_exec.execute_onnx`` on ``path`` for ``x``; None w/o qonnx.
-
-    ``execute_onnx`` needs every tensor shape known, so a copy with the batch dimension fixed
-    to ``len(x)`` gets its shapes inferred first (qonnx's ``InferShapes`` knows the custom ops).
-    """
-    try:
-        from qonnx.core.modelwrapper import ModelWrapper
-        from qonnx.core.onnx_exec import execute_onnx
-        from qonnx.transformation.infer_shapes import InferShapes
-    except ImportError:
-        return None
-    proto = onnx.load(str(path))
-    graph = proto.graph
-    del graph.value_info[:]
-    for vi in (*graph.input[:1], *graph.output):
-        dim0 = vi.type.tensor_type.shape.dim[0]
-        dim0.Clear()
-        dim0.dim_value = x.shape[0]
-    wrapper = ModelWrapper(proto).transform(InferShapes())
-    out = execute_onnx(wrapper, {graph.input[0].name: x})
-    return np.asarray(out[graph.output[0].name], dtype=np.float32)
 
 
 def save_npz(path: Path, arrays: dict[str, Any]) -> None:

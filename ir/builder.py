@@ -52,6 +52,14 @@ class GraphBuilder:
             return self.graph.constants[operand[1:]].type
         return self._types[operand[1:]]
 
+    def producer(self, operand: str) -> Node:
+        """The node whose result a value operand (``%name``) is."""
+        name = operand[1:]
+        for n in reversed(self.graph.nodes):
+            if n.result == name:
+                return n
+        raise KeyError(operand)
+
     def add(
         self, op: str, operands: list[str], attrs: Attrs | None = None, loc: str | None = None
     ) -> str:

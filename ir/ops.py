@@ -231,7 +231,22 @@ def _infer_if(ts: Sequence[TensorType], attrs: Attrs) -> TensorType:
             f"if init must be a multiple of 1/{1 << INIT_BITS} in [0, 1] (a fraction of θ), "
             f"got {init!r}"
         )
+    levels, step = if_levels(attrs), if_step(attrs)
+    if not 0 <= levels <= MAX_LEVELS:
+        raise _fail(f"if levels must be in [0, {MAX_LEVELS}] (0: not quantized), got {levels}")
+    if step < 0 or (step > 0 and levels == 0) or not math.isfinite(step):
+        raise _fail(f"if step must be > 0 and only given with levels, got step={step!r}")
     return ts[0].with_kind(Kind.SPIKE)
+
+
+def _infer_quant(ts: Sequence[TensorType], attrs: Attrs) -> TensorType:
+    _need_kind(ts[0], (Kind.F32, Kind.I32), "quant input")
+    step, levels = attr_float(attrs, "step"), attr_int(attrs, "levels")
+    if not (step > 0 and math.isfinite(step)):
+        raise _fail(f"quant step must be a finite number > 0, got {attrs['step']!r}")
+    if not 1 <= levels <= MAX_LEVELS:
+        raise _fail(f"quant levels must be in [1, {MAX_LEVELS}], got {levels}")
+    return ts[0].with_kind(Kind.F32)
 
 
 def _infer_readout(ts: Sequence[TensorType], attrs: Attrs) -> TensorType:
@@ -313,6 +328,13 @@ OPS: dict[str, OpDef] = {
         ),
         OpDef("relu", "max(x, 0)", ("value",), {}, _infer_same((Kind.F32, Kind.I32))),
         OpDef(
+            "quant",
+            "unsigned uniform quantizer: step · clip(round(x / step), 0, levels), ties to even",
+            ("value",),
+            {"step": AttrSpec("float"), "levels": AttrSpec("int")},
+            _infer_quant,
+        ),
+        OpDef(
             "scale",
             "y = x · factor [· s[c] along axis, with a per-channel constant]",
             ("value", "const?"),
@@ -331,13 +353,16 @@ OPS: dict[str, OpDef] = {
         OpDef(
             "if",
             "integrate-and-fire: v(0) = init·θ; v += z; s = v ≥ θ; v -= θ (subtract) or v = 0 "
-            "(zero); θ = theta [· θ[c]]",
+            "(zero); θ = theta [· θ[c]]; levels > 0: the ANN it stands for quantizes (step "
+            "· clip(round(z / step), 0, levels) / θ, step = θ / levels unless given)",
             ("value", "const?"),
             {
                 "theta": AttrSpec("float", 1.0),
                 "reset": AttrSpec("str", "subtract", choices=("subtract", "zero")),
                 "axis": _AXIS,
                 "init": AttrSpec("float", optional=True),
+                "levels": AttrSpec("int", optional=True),
+                "step": AttrSpec("float", optional=True),
             },
             _infer_if,
         ),
@@ -396,6 +421,21 @@ INIT_BITS = 8
 def if_init(attrs: Attrs) -> float:
     """An ``if`` node's initial membrane as a fraction of θ (0 when the attribute is absent)."""
     return attr_float(attrs, "init") if "init" in attrs else 0.0
+
+
+#: the most levels a quantized activation may have: an IF layer needs about ``levels`` time
+#: steps to reproduce it, so 8-bit activations (255 levels) are the practical limit.
+MAX_LEVELS = 255
+
+
+def if_levels(attrs: Attrs) -> int:
+    """L of an ``if`` that stands for a quantized activation with L levels (0: none)."""
+    return attr_int(attrs, "levels") if "levels" in attrs else 0
+
+
+def if_step(attrs: Attrs) -> float:
+    """The quantizer step Δ an ``if`` carries before threshold folding (0: none, Δ = θ/L)."""
+    return attr_float(attrs, "step") if "step" in attrs else 0.0
 
 
 def on_init_grid(f: float) -> bool:

@@ -16,6 +16,7 @@ import numpy as np
 
 from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Attrs, Graph, Node, attr_float, attr_int, attr_ints
+from bsnnc.ir.ops import if_levels, if_step
 from bsnnc.runtime import kernels as K
 
 Kernel = Callable[[list[np.ndarray], Attrs], np.ndarray]
@@ -78,6 +79,7 @@ ANN_KERNELS: dict[str, Kernel] = {
     "flatten": lambda xs, a: xs[0].reshape(xs[0].shape[0], -1),
     "reshape": lambda xs, a: xs[0].reshape(xs[0].shape[0], *attr_ints(a, "shape")),
     "relu": lambda xs, a: np.maximum(xs[0], 0).astype(xs[0].dtype, copy=False),
+    "quant": lambda xs, a: _quant(xs, a),
     "scale": lambda xs, a: _affine(xs, a, "factor", add=False),
     "bias": lambda xs, a: _affine(xs, a, "value", add=True),
     "if": lambda xs, a: _if_rate(xs, a),
@@ -85,18 +87,40 @@ ANN_KERNELS: dict[str, Kernel] = {
 }
 
 
+def quantize(x: np.ndarray, step: np.ndarray | float, levels: int) -> np.ndarray:
+    """``clip(round(x / step), 0, levels)``, ties to even (QONNX's ``ROUND``, ONNX's
+    QuantizeLinear), computed in the float type of ``x`` / ``step``."""
+    return np.clip(np.rint(x / step), 0, levels)
+
+
+def _quant(xs: list[np.ndarray], a: Attrs) -> np.ndarray:
+    """``quant``: ``Δ · clip(round(x / Δ), 0, L)`` in the input's float type (as QONNX's Quant
+    and ONNX's Quantize/DequantizeLinear compute it)."""
+    dt = _float(xs[0])
+    step = np.asarray(attr_float(a, "step"), dtype=dt)
+    return np.asarray(quantize(xs[0].astype(dt, copy=False), step, attr_int(a, "levels")) * step)
+
+
 def _if_rate(xs: list[np.ndarray], a: Attrs) -> np.ndarray:
     """The ANN reading of an IF neuron: its firing rate without the clip at 1, relu(x)/θ.
 
     With θ = 1 (before threshold normalization) it is exactly ``relu``; after normalization the
     graph read this way reproduces the original ANN (the folded network is equivalent).
+
+    An IF that stands for a quantized activation (``levels`` L > 0) reads as
+    ``Δ · clip(round(x / Δ), 0, L) / θ`` with Δ the ``step`` it carries before folding (θ = 1
+    then: exactly the ``quant`` it replaced), θ / L after (the rate in multiples of 1/L).
     """
     dt = _float(xs[0])
-    x = np.maximum(xs[0].astype(dt, copy=False), 0)
+    x = xs[0].astype(dt, copy=False)
     theta = np.full((), attr_float(a, "theta"), dtype=np.float64)
     if len(xs) > 1:
         theta = theta * K.channel_broadcast(xs[1].astype(np.float64), x.ndim, attr_int(a, "axis"))
-    return np.asarray(x / theta, dtype=dt)
+    levels = if_levels(a)
+    if levels:
+        step = np.asarray(if_step(a) or theta / levels, dtype=dt)
+        return np.asarray(quantize(x, step, levels) * (step / theta), dtype=dt)
+    return np.asarray(np.maximum(x, 0) / theta, dtype=dt)
 
 
 def last_uses(g: Graph, keep: Collection[str] = ()) -> dict[int, list[str]]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from clirun import cli, flat, ok
+from clirun import cli, fails, flat, ok
 from onnx import helper, numpy_helper, shape_inference
 from onnx.reference import ReferenceEvaluator
 from zoo import ZOO
@@ -712,22 +712,30 @@ def test_verify_table_output(zoo_dir: Path, capsys: pytest.CaptureFixture[str]) 
     assert "ok" in err and "4 images" in err
 
 
-#: the PyTorch exports (the Brevitas QONNX exports, ``brevitas_*``, carry custom-domain ops)
+#: the PyTorch exports (the Brevitas QONNX exports, ``brevitas_*``, carry custom-domain ops that
+#: onnxruntime cannot run: ``verify`` does not apply to them)
 FIXTURE_MODELS = sorted(p for p in FIXTURES.glob("*.onnx") if not p.name.startswith("brevitas_"))
 QONNX_MODELS = sorted(FIXTURES.glob("brevitas_*.onnx"))
 
 
 @pytest.mark.parametrize("model", QONNX_MODELS, ids=[p.stem for p in QONNX_MODELS])
-def test_qonnx_exports_are_refused_naming_the_first_quant_node(
+def test_qonnx_exports_compile_without_calibration_images(
     model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Not imported yet: the first ``Quant`` node is named, exit 2, nothing written."""
+    """λ = L·Δ from each quantizer; --calib is not needed (tests/test_qonnx.py checks more)."""
     out = tmp_path / "q.tiles"
-    assert cli(["compile", model, "--calib", "digits", "-o", out]) == 2
-    err = capsys.readouterr().err
-    assert "(Quant): custom domain 'qonnx.custom_op.general' is not supported" in err
-    assert "/act1/" in err or "node__symbolic" in err
-    assert "Traceback" not in err and not out.exists()
+    _, err = ok(["compile", model, "-o", out], capsys)
+    assert flat("thresholds of all 4 IF layers from their quantizers") in flat(err)
+    meta = json.loads(read_artifact(out).extra["calibration.json"])["calibration"]
+    assert meta["images"] == 0 and meta["source"] == "quantizers"
+    assert all(layer["from"] == "quantizer" for layer in meta["layers"])
+
+
+@pytest.mark.parametrize("model", QONNX_MODELS[:1], ids=[p.stem for p in QONNX_MODELS[:1]])
+def test_verify_explains_that_onnxruntime_cannot_run_qonnx(
+    model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fails(["verify", model], capsys, "cannot run QONNX's custom ops", "BipolarQuant, Quant")
 
 
 def test_fixtures_exist() -> None:

@@ -24,10 +24,12 @@ from bsnnc.runtime.datasets import load_images
 from bsnnc.runtime.simulate import metrics, run_chunks
 
 T = 16
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def compile_stages(onnx_path: Path, calib: Path) -> tuple[dict[str, str], Graph]:
-    """Stage file name → IR text, for import and every pass of the default pipeline."""
+def compile_stages(onnx_path: Path, calib: Path | None) -> tuple[dict[str, str], Graph]:
+    """Stage file name → IR text, for import and every pass of the default pipeline (no
+    calibration images when ``calib`` is None: every IF layer must have a quantizer)."""
     out: dict[str, str] = {}
     g = import_onnx(onnx_path)
     out["00-import.ir"] = print_graph(g)
@@ -35,7 +37,8 @@ def compile_stages(onnx_path: Path, calib: Path) -> tuple[dict[str, str], Graph]
     def dump(i: int, name: str, graph: Graph) -> None:
         out[f"{i:02d}-{name}.ir"] = print_graph(graph)
 
-    c = compile_graph(g, PassOptions(calib=lambda: load_images(str(calib))), dump=dump)
+    images = None if calib is None else (lambda: load_images(str(calib)))
+    c = compile_graph(g, PassOptions(calib=images), dump=dump)
     assert c.tiles is not None
     out["program.txt"] = c.tiles.program
     return out, c.graph
@@ -60,7 +63,23 @@ def test_golden_ir_and_simulation(name: str, zoo_data: Path, update_golden: bool
     data = zoo_data / f"{name}.npz"
     actual, g = compile_stages(zoo_data / f"{name}.onnx", data)
     actual["simulation.json"] = summary(g, data)
-    folder = GOLDEN / name
+    check_golden(GOLDEN / name, actual, update_golden)
+
+
+#: Brevitas QONNX exports (2- and 4-bit activations), converted without calibration images
+QONNX = {"qonnx_a2": "brevitas_digits_a2.onnx", "qonnx_a4": "brevitas_digits_a4.onnx"}
+
+
+@pytest.mark.parametrize("name", sorted(QONNX))
+def test_golden_qonnx_import_and_simulation(name: str, update_golden: bool) -> None:
+    actual, g = compile_stages(FIXTURES / QONNX[name], None)
+    actual["simulation.json"] = summary(g, FIXTURES / "brevitas_digits_ref.npz")
+    check_golden(GOLDEN / name, actual, update_golden)
+
+
+def check_golden(folder: Path, actual: dict[str, str], update_golden: bool) -> None:
+    """Compare (or with ``--update-golden`` rewrite) a folder of golden files."""
+    name = folder.name
     if update_golden:
         folder.mkdir(parents=True, exist_ok=True)
         for old in [*folder.glob("*.ir"), *folder.glob("*.json"), *folder.glob("*.txt")]:

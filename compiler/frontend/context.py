@@ -35,6 +35,9 @@ class Ctx:
     node: onnx.NodeProto | None = None
     #: the model's batch size when its input declares a fixed one (Reshape may name it).
     fixed_batch: tuple[int, ...] = ()
+    #: QuantizeLinear outputs on activations awaiting their DequantizeLinear (see
+    #: :mod:`bsnnc.compiler.frontend.quantizers`).
+    pending: dict[str, Any] = field(default_factory=dict)
 
     @property
     def loc(self) -> str:
@@ -70,6 +73,11 @@ class Ctx:
             return self.env[name]
         if name in self.consts:
             raise self.fail(f"input '{name}' is a constant where a computed tensor is expected")
+        if name in self.pending:
+            raise self.fail(
+                f"input '{name}' is the integer output of {self.pending[name].label}; only "
+                "Clip and DequantizeLinear may read it (integer activations are not imported)"
+            )
         raise self.fail(f"input '{name}' is not produced by any earlier node")
 
     def const(self, name: str, what: str) -> np.ndarray:

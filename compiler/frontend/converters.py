@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from bsnnc.compiler.frontend import quantizers as Q
 from bsnnc.compiler.frontend.context import BATCH, Ctx
 from bsnnc.ir.types import Kind
 
@@ -157,8 +158,9 @@ def conv_identity(ctx: Ctx) -> None:
 
 
 def conv_relu(ctx: Ctx) -> None:
-    """Relu → relu."""
-    ctx.bind(0, ctx.emit("relu", [ctx.value(ctx.inputs()[0])]))
+    """Relu → relu (of an unsigned quantizer's output, ≥ 0 already: nothing)."""
+    x = ctx.value(ctx.inputs()[0])
+    ctx.bind(0, x if ctx.builder.producer(x).op == "quant" else ctx.emit("relu", [x]))
 
 
 def _same_pads(ctx: Ctx, x: str, k: list[int], s: list[int], d: list[int]) -> list[int]:
@@ -369,6 +371,9 @@ def conv_reducemean(ctx: Ctx) -> None:
 
 CONVERTERS: dict[str, Converter] = {
     "Add": conv_add,
+    "Clip": Q.conv_clip,
+    "DequantizeLinear": Q.conv_dequantize_linear,
+    "QuantizeLinear": Q.conv_quantize_linear,
     "AveragePool": conv_avgpool,
     "BatchNormalization": conv_batchnorm,
     "Conv": conv_conv,

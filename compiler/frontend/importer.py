@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -19,6 +19,14 @@ from onnx.reference import ReferenceEvaluator
 from bsnnc.compiler.frontend.context import BATCH, Ctx, node_label
 from bsnnc.compiler.frontend.converters import CONVERTERS
 from bsnnc.compiler.frontend.loader import Initializers, LoadedModel, load_onnx
+from bsnnc.compiler.frontend.quantizers import (
+    QONNX_DOMAINS,
+    conv_bipolar,
+    conv_quant,
+    fold_bipolar,
+    fold_quant,
+    qonnx_refusal,
+)
 from bsnnc.ir.builder import GraphBuilder
 from bsnnc.ir.errors import BsnncError, OnnxImportError
 from bsnnc.ir.graph import Graph
@@ -127,8 +135,14 @@ def _resolve_dims(
 
 def _convert_node(ctx: Ctx, node: onnx.NodeProto, model: onnx.ModelProto) -> None:
     ctx.node = node
+    if node.domain in QONNX_DOMAINS:
+        _named(node, lambda: _convert_qonnx(ctx, node))
+        return
     if node.domain not in ("", "ai.onnx"):
-        raise OnnxImportError(f"{node_label(node)}: custom domain '{node.domain}' is not supported")
+        raise OnnxImportError(
+            f"{node_label(node)}: custom domain '{node.domain}' is not supported (known: the "
+            f"standard ONNX domain and QONNX's {', '.join(QONNX_DOMAINS)})"
+        )
     if node.op_type == "Shape" and node.input[0] in ctx.env:
         _shape_of_value(ctx, node)
         node = _renamed_input(node, 0, node.input[0] + "#shape")
@@ -147,12 +161,28 @@ def _convert_node(ctx: Ctx, node: onnx.NodeProto, model: onnx.ModelProto) -> Non
             f"{node_label(node)}: op {node.op_type} is not supported on run-time tensors; "
             f"supported ops: {', '.join(supported_ops())}"
         )
+    _named(node, lambda: conv(ctx))
+
+
+def _named(node: onnx.NodeProto, convert: Callable[[], None]) -> None:
+    """Run a converter; an error that does not name the node is prefixed with it."""
     try:
-        conv(ctx)
+        convert()
     except BsnncError as e:
         if isinstance(e, OnnxImportError):
             raise
         raise OnnxImportError(f"{node_label(node)}: {e.message}") from None
+
+
+def _convert_qonnx(ctx: Ctx, node: onnx.NodeProto) -> None:
+    """QONNX ``Quant`` / ``BipolarQuant``: folded on constants, converted on activations."""
+    if node.op_type not in ("Quant", "BipolarQuant"):
+        raise OnnxImportError(qonnx_refusal(node))
+    on_consts = all(i == "" or ctx.is_const(i) for i in node.input)
+    if node.op_type == "Quant":
+        (fold_quant if on_consts else conv_quant)(ctx)
+    else:
+        (fold_bipolar if on_consts else conv_bipolar)(ctx)
 
 
 def _foldable(ctx: Ctx, node: onnx.NodeProto) -> bool:

@@ -67,11 +67,14 @@ class CalibratedLayer:
     index: int
     lam: tuple[float, ...]
     maximum: tuple[float, ...]
+    #: λ = L·Δ of the layer's activation quantizer, not a calibration statistic
+    quantizer: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {"loc": self.loc, "index": self.index, "lambda": list(self.lam),
-                "max": list(self.maximum)}  # fmt: skip
+        """JSON-ready form (``"from": "quantizer"`` marks a λ taken from a quantizer)."""
+        out = {"loc": self.loc, "index": self.index, "lambda": list(self.lam),
+               "max": list(self.maximum)}  # fmt: skip
+        return {**out, "from": "quantizer"} if self.quantizer else out
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """fold-scales (alias fold-batchnorm): one positive per-channel affine right before each ReLU.
 
 Pre: ANN form (no ``if``/``readout``). Post: every chain ``weighted op → pools → ReLU`` reads
-``W → pools → scale(s > 0) → bias(b) → relu`` with at most one ``scale`` and one ``bias``
+``W → pools → scale(s > 0) → bias(b) → relu`` (or ``→ quant``, a quantized activation) with
+at most one ``scale`` and one ``bias``
 (also right before each graph output, where s may be negative); no ``scale``/``bias`` remains
 anywhere else. The ±1 weights never absorb a magnitude: α, BatchNorm's γ/√(σ²+ε), biases and
 constant Mul/Add all end up in that affine, which fold-threshold-normalization then turns into
@@ -72,7 +73,7 @@ class _Folder:
             self.pool(n)
         elif has_trait(n.op, Trait.SHAPE):
             self.flatten(n)
-        elif n.op == "relu":
+        elif n.op in ("relu", "quant"):  # quant(s·x) ≠ s·quant(x): the affine stays before it
             x = self.materialize(n, n.value_operands()[0], allow_negative=False)
             new = self.rw.copy(n, [x])
             self.aff[n.result] = Affine.identity(self.channels(new))

@@ -24,12 +24,22 @@ the same logits as the original — the equivalence the tests check.
 thresholds are integers Θ = θ/q in units of q and the membrane arithmetic of binary layers
 (integer currents) is exact.
 
+An IF layer that stands for a quantized activation (``levels`` L, ``step`` Δ, from a QONNX
+``Quant`` or a QCDQ chain) is not calibrated: λ = L·Δ, the quantizer's largest output. With
+the half-threshold start and a constant current z the neuron then emits ⌊z·L/λ + ½⌋ spikes
+in L steps (clipped to [0, L]): the quantizer's level count, up to its ties-to-even rounding
+(QCFS, Bu et al. 2022). Calibration images are needed only when some IF layer has no
+quantizer. The folded ``if`` keeps ``levels`` (its ANN reading then quantizes with step θ/L)
+and drops ``step``.
+
 With ``channel`` granularity λ_l is per output channel; the next layer still sees one input
 scale (the maximum of λ_{l−1} over channels), which only approximates equivalence — the ±1
 weights cannot absorb per-input-channel factors.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
@@ -45,7 +55,7 @@ from bsnnc.compiler.passes.base import (
 from bsnnc.ir.builder import Rewriter
 from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Graph, Node, channel_param
-from bsnnc.ir.ops import Trait, has_trait, if_init, threshold_unit
+from bsnnc.ir.ops import Trait, has_trait, if_init, if_levels, if_step, threshold_unit
 from bsnnc.ir.types import Kind
 from bsnnc.ir.verifier import verify_spiking
 
@@ -106,11 +116,50 @@ def calibration_batch(g: Graph, at_most: int, budget: int = CALIB_BYTES) -> int:
     return max(1, min(at_most, budget // per_image))
 
 
+def quantizer_lambda(n: Node) -> float | None:
+    """λ = L·Δ of an ``if`` that stands for a quantized activation (None for the others): the
+    activation L·Δ is the quantizer's largest, so it fires at the maximum rate, and with the
+    half-threshold start the rate after T = L steps is the quantizer's level count / L."""
+    step = if_step(n.attrs)
+    return if_levels(n.attrs) * step if step > 0 else None
+
+
+def _from_quantizers(g: Graph) -> Calibration:
+    """Every IF layer's λ from its quantizer: no images needed."""
+    ifs = [n for n in g.nodes if n.op == "if"]
+    layers = []
+    for i, n in enumerate(ifs):
+        lam = quantizer_lambda(n)
+        assert lam is not None
+        layers.append(CalibratedLayer(n.loc or "", i, (lam,), (lam,), quantizer=True))
+    return Calibration(0, "quantizers", "quantizer", 100.0, "layer", tuple(layers))
+
+
+def _with_quantizers(g: Graph, cal: Calibration) -> Calibration:
+    """``cal`` with the λ of quantized layers replaced by their quantizer's L·Δ."""
+    ifs = [n for n in g.nodes if n.op == "if"]
+    layers = []
+    for n, layer in zip(ifs, cal.layers, strict=True):
+        lam = quantizer_lambda(n)
+        if lam is not None:
+            layer = CalibratedLayer(layer.loc, layer.index, (lam,), layer.maximum, quantizer=True)
+        layers.append(layer)
+    return replace(cal, layers=tuple(layers))
+
+
 def _calibrate(g: Graph, opts: PassOptions) -> Calibration:
+    ifs = [n for n in g.nodes if n.op == "if"]
+    if ifs and all(quantizer_lambda(n) is not None for n in ifs):
+        return _from_quantizers(g)
     if opts.calib is None:
         raise BsnncError(
             "fold-threshold-normalization needs calibration images: pass --calib NAME|PATH"
         )
+    return _with_quantizers(g, _calibrate_images(g, opts))
+
+
+def _calibrate_images(g: Graph, opts: PassOptions) -> Calibration:
+    assert opts.calib is not None
     images = opts.calib()
     p = 100.0 if opts.percentile >= 100 else opts.percentile
     cal = Calibrator(g, len(images), p, opts.statistic, opts.granularity == "channel")
@@ -140,6 +189,7 @@ def _emit_if(rw: Rewriter, g: Graph, n: Node, lam: dict[str, np.ndarray], notes:
     name = (n.loc or n.result).strip("/").replace("/", ".")
     x = emit_scale_bias(rw, rw.env[src], np.ones(channels), beta, name, n.loc)
     attrs = {"reset": n.attrs["reset"], "axis": 1, "init": if_init(n.attrs)}
+    attrs["levels"] = if_levels(n.attrs)  # the quantizer's step is now θ / L
     if np.all(theta == theta[0]):
         rw.env[n.result] = rw.add("if", [x], {**attrs, "theta": float(theta[0])}, loc=n.loc)
     else:
