@@ -37,7 +37,11 @@ class LayerRow:
 
 
 def _alpha(g: Graph, n: Node, users: dict[str, list[Node]]) -> str:
-    """α of a binary layer: the factor of the ``scale`` that reads it directly."""
+    """α of a binary layer: the factor of the ``scale`` that reads it directly (in a spiking
+    graph, whose binary layers sum integers, α is folded: a ``scale`` there is a merge's
+    branch factor)."""
+    if n.type.kind == Kind.I32:
+        return "folded"
     for u in users.get(n.result, []):
         if u.op != "scale":
             continue
@@ -48,7 +52,7 @@ def _alpha(g: Graph, n: Node, users: dict[str, list[Node]]) -> str:
         if data is None:
             return "per-channel"
         return f"per-channel {np.min(data):.4g}..{np.max(data):.4g}"
-    return "folded" if n.type.kind == Kind.I32 else "1"
+    return "1"
 
 
 def layer_table(g: Graph) -> list[LayerRow]:

@@ -355,6 +355,16 @@ def check_onnx(path: Path, x: np.ndarray, expected_pred: np.ndarray) -> np.ndarr
     return np.asarray(logits)
 
 
+def add_training_flags(parser: argparse.ArgumentParser, fp_epochs: int, bin_epochs: int) -> None:
+    """The epochs, batch size and seed flags every digits training script takes."""
+    parser.add_argument("--fp-epochs", type=int, default=fp_epochs, help="full-precision epochs")
+    parser.add_argument(
+        "--bin-epochs", type=int, default=bin_epochs, help="binarized fine-tuning epochs"
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=SEED)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: train, export, verify and write the fixtures."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -370,10 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         default=REPO_ROOT / "tests" / "fixtures",
         help="digits_dynamo.onnx and digits_torch.json go here (default: tests/fixtures)",
     )
-    parser.add_argument("--fp-epochs", type=int, default=30, help="full-precision epochs")
-    parser.add_argument("--bin-epochs", type=int, default=30, help="binarized fine-tuning epochs")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=SEED)
+    add_training_flags(parser, 30, 30)
     parser.add_argument("--no-dynamo", action="store_true", help="skip the dynamo export")
     args = parser.parse_args(argv)
 

@@ -58,9 +58,9 @@ from export_torch_fixtures import export_classic as export_traced
 from torch import nn
 from train_digits import (
     REPO_ROOT,
-    SEED,
     BinConv2d,
     BinLinear,
+    add_training_flags,
     check_onnx,
     evaluate,
     seed_everything,
@@ -249,9 +249,10 @@ def split_tensors(data: dict[str, np.ndarray], split: str) -> tuple[torch.Tensor
 
 
 def train(
-    data: dict[str, np.ndarray], args: argparse.Namespace
-) -> tuple[DeepDigitsNet, dict[str, float]]:
-    """Train a fresh :class:`DeepDigitsNet` on ``train_digits.py``'s schedule.
+    data: dict[str, np.ndarray], args: argparse.Namespace, model: nn.Module | None = None
+) -> tuple[nn.Module, dict[str, float]]:
+    """Train ``model`` (a fresh :class:`DeepDigitsNet` when None; it must have
+    ``set_binary``) on ``train_digits.py``'s schedule.
 
     ``args.fp_epochs`` full-precision epochs (Adam, lr 2e-3), then ``args.bin_epochs`` of
     binarized fine-tuning (lr 1e-3), over mini-batches drawn by one generator seeded with
@@ -261,7 +262,7 @@ def train(
     xtr, ytr = split_tensors(data, "train")
     xte, yte = split_tensors(data, "test")
     gen = torch.Generator().manual_seed(args.seed)
-    model = DeepDigitsNet()
+    model = DeepDigitsNet() if model is None else model
     fit = functools.partial(train_phase, model, xtr, ytr, batch_size=args.batch_size, generator=gen)
     fit(epochs=args.fp_epochs, lr=2e-3)
     acc = {"fp_test": evaluate(model, xte, yte)[0], "fp_train": evaluate(model, xtr, ytr)[0]}
@@ -346,10 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         help="digits_deep.onnx, digits_deep_{train,test}.npz and digits_deep_torch.json go "
         "here (default: tests/fixtures)",
     )
-    parser.add_argument("--fp-epochs", type=int, default=12, help="full-precision epochs")
-    parser.add_argument("--bin-epochs", type=int, default=15, help="binarized fine-tuning epochs")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=SEED)
+    add_training_flags(parser, 12, 15)
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()

@@ -239,6 +239,15 @@ def _infer_if(ts: Sequence[TensorType], attrs: Attrs) -> TensorType:
     return ts[0].with_kind(Kind.SPIKE)
 
 
+def _infer_add(ts: Sequence[TensorType], attrs: Attrs) -> TensorType:
+    a, b = ts[0], ts[1]
+    for t, what in ((a, "add first operand"), (b, "add second operand")):
+        _need_kind(t, (Kind.F32, Kind.I32, Kind.SPIKE), what)
+    if a.shape != b.shape:
+        raise _fail(f"add operands must have the same shape, got {a} and {b}")
+    return a.with_kind(Kind.F32)
+
+
 def _infer_quant(ts: Sequence[TensorType], attrs: Attrs) -> TensorType:
     _need_kind(ts[0], (Kind.F32, Kind.I32), "quant input")
     step, levels = attr_float(attrs, "step"), attr_int(attrs, "levels")
@@ -327,6 +336,7 @@ OPS: dict[str, OpDef] = {
             frozenset({Trait.SHAPE, Trait.SPIKE_PASS_THROUGH}),
         ),
         OpDef("relu", "max(x, 0)", ("value",), {}, _infer_same((Kind.F32, Kind.I32))),
+        OpDef("add", "a + b (a residual merge; same shapes)", ("value", "value"), {}, _infer_add),
         OpDef(
             "quant",
             "unsigned uniform quantizer: step · clip(round(x / step), 0, levels), ties to even",

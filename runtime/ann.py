@@ -80,6 +80,7 @@ ANN_KERNELS: dict[str, Kernel] = {
     "reshape": lambda xs, a: xs[0].reshape(xs[0].shape[0], *attr_ints(a, "shape")),
     "relu": lambda xs, a: np.maximum(xs[0], 0).astype(xs[0].dtype, copy=False),
     "quant": lambda xs, a: _quant(xs, a),
+    "add": lambda xs, a: np.add(xs[0], xs[1], dtype=_float(xs[0])),
     "scale": lambda xs, a: _affine(xs, a, "factor", add=False),
     "bias": lambda xs, a: _affine(xs, a, "value", add=True),
     "if": lambda xs, a: _if_rate(xs, a),

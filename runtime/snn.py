@@ -229,6 +229,8 @@ class SnnRuntime:
             return readout(nchw(ins[0]), T, t0, state.readout)
         if n.result in self._fast:
             return self._binary(n, ins[0] if n.op == "conv2d" else nchw(ins[0]), T, trace)
+        if n.op == "add":
+            return merge(ins[0], ins[1], T)
         return digital(n, ins[0], consts, T)
 
     def _if(
@@ -400,9 +402,23 @@ def digital(n: Node, x: Value, consts: list[np.ndarray], T: int) -> Value:
         )
     elif n.op == "avgpool" and flat.dtype != np.float64:
         y = _avgpool32(flat, n)
+    elif has_trait(n.op, Trait.AFFINE) and flat.dtype != np.float32:
+        # spikes or integer currents of a merge branch times a dyadic factor: exact in float64
+        y = ANN_KERNELS[n.op]([flat.astype(np.float64), *consts], n.attrs)
     else:
         y = ANN_KERNELS[n.op]([flat, *consts], n.attrs)
     return Value(y.reshape(T, x.data.shape[1], *y.shape[1:]), False)
+
+
+def merge(a: Value, b: Value, T: int) -> Value:
+    """``a + b`` of a residual merge, in float64 (integer currents plus dyadic multiples of
+    spikes: exact), over T steps unless both are static."""
+    a, b = nchw(a), nchw(b)
+    if a.static and b.static:
+        return Value(np.add(a.data, b.data, dtype=np.float64), True)
+    x = a.data[None] if a.static else a.data
+    y = b.data[None] if b.static else b.data
+    return Value(np.add(x, y, dtype=np.float64), False)
 
 
 def _avgpool32(x: np.ndarray, n: Node, nhwc: bool = False) -> np.ndarray:

@@ -273,22 +273,40 @@ def test_two_inputs(
     compile_fails(path, tmp_path, capsys, str(path), "exactly one input", "'a'", "'b'")
 
 
-def test_residual_add(
-    save_model: SaveModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("main", "tail", "fragment"),
+    [
+        # a merge read by anything but its ReLU has no IF layer to fold into
+        (2, ["GlobalAveragePool", "Flatten"], "a residual merge must feed a ReLU"),
+        # [N,1,6,6] + [N,2,6,6] broadcasts in ONNX; a merge of spike trains cannot
+        (1, ["Relu", "Flatten"], "one shape (no broadcasting)"),
+    ],
+)
+def test_residual_merge_errors(
+    main: int,
+    tail: list[str],
+    fragment: str,
+    save_model: SaveModel,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     n = Net("residual", (2, 6, 6), seed=14)
     n.conv(2, 2).op("Relu")
     skip = n.cur
-    n.conv(2, 2).op("Add", [skip]).op("GlobalAveragePool").op("Flatten").gemm(2, 3)
+    n.conv(2, main).op("Add", [skip])
+    for op in tail:
+        n.op(op)
+    n.gemm(2 if tail[0] == "GlobalAveragePool" else 72, 3)
     model = n.model()
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((8, 2, 6, 6)).astype(np.float32))
     compile_fails(
         save_model(model, "res.onnx"),
         tmp_path,
         capsys,
         node_named(model, "Add"),
-        "(Add)",
-        "one constant operand",
-        "residual",
+        fragment,
+        extra=["--calib", str(calib)],
     )
 
 

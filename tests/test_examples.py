@@ -95,3 +95,25 @@ def test_train_digits_deep_runs_and_converts(tmp_path: Path) -> None:
         out = run_ann(g, z["x"][:32])[g.outputs[0]]
     facts = json.loads((tmp_path / "digits_deep_torch.json").read_text())
     assert list(out.argmax(axis=1)) == facts["test_predictions"][:32]
+
+
+def test_train_digits_resnet_runs_and_imports(tmp_path: Path) -> None:
+    """The residual example, one epoch per phase: both exports pass its onnxruntime check and
+    import with three merges and seven binary convolutions."""
+    proc = run_example(
+        "train_digits_resnet.py",
+        "--out-dir",
+        str(tmp_path),
+        "--fp-epochs",
+        "1",
+        "--bin-epochs",
+        "1",
+    )
+    assert proc.returncode == 0, proc.stderr
+    for name in ("digits_resnet", "digits_resnet_dynamo"):
+        g = import_onnx(tmp_path / f"{name}.onnx")
+        assert sum(n.op == "add" for n in g.nodes) == 3
+        kinds = [
+            g.constants[n.const_operands()[0]].type.kind.value for n in g.nodes if n.op == "conv2d"
+        ]
+        assert kinds.count("bipolar") == 7

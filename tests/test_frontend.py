@@ -44,6 +44,7 @@ EXPECTED_BINARY = {
     "sign_scale": [False, True, False],
     "vgg_small": [False, True, True, True, True, True, False],
     "gap_binary": [False, True, True, False],
+    "residual": [False, True, True, True, True, True, False],
 }
 
 

@@ -163,7 +163,7 @@ def _rewrite(src: Path, dst: Path, member: str, data: bytes, fix_checksum: bool)
                 "    fire %1 %0\n  }\n  loop timestep {\n",
             ),
             ":",
-            "only digital, mvm, add may run once",
+            "only digital, mvm, add, merge may run once",
         ),
     ],
 )

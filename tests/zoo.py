@@ -206,6 +206,25 @@ def gap_binary() -> onnx.ModelProto:
     return n.model()
 
 
+def residual() -> onnx.ModelProto:
+    """Two residual blocks: an identity shortcut (merged by Sum; a biased, per-channel-α
+    branch) and a projection shortcut (avg-pool, then a 1×1 binary conv, as Add's first
+    operand) beside a stride-2 branch; then GAP and a linear classifier."""
+    n = Net("residual", (3, 8, 8), seed=9)
+    n.conv(3, 8).op("Relu")
+    skip = n.cur
+    n.conv(8, 8, binary="tensor").op("Relu").conv(8, 8, binary="channel", bias=True)
+    n.op("Sum", [skip]).op("Relu")
+    block_in = n.cur
+    n.conv(8, 16, binary="tensor", strides=[2, 2]).op("Relu").conv(16, 16, binary="tensor")
+    main = n.cur
+    n.cur = block_in
+    n.op("AveragePool", kernel_shape=[2, 2], strides=[2, 2]).conv(8, 16, k=1, binary="tensor")
+    n.op("Add", [main]).op("Relu")
+    n.op("GlobalAveragePool").op("Flatten", axis=1).gemm(16, 5)
+    return n.model()
+
+
 ZOO: dict[str, Callable[[], onnx.ModelProto]] = {
     "avg_before_relu": avg_before_relu,
     "max_ceil": max_ceil,
@@ -215,4 +234,5 @@ ZOO: dict[str, Callable[[], onnx.ModelProto]] = {
     "sign_scale": sign_scale,
     "vgg_small": vgg_small,
     "gap_binary": gap_binary,
+    "residual": residual,
 }

@@ -159,6 +159,8 @@ class _Emitter:
             out.append(Stmt("send", [_v(n.result), word("hops"), self.hops(n)]))
         elif n.op == "readout":
             out.append(Stmt("readout", [_v(n.result), *ins]))
+        elif n.op == "add":
+            out.append(Stmt("merge", [_v(n.result), *ins]))
         else:
             out.append(Stmt("digital", [_v(n.result), word(n.op), *ins]))
 
@@ -215,7 +217,7 @@ def emit_program(g: Graph, m: Mapping) -> tuple[Program, dict[str, np.ndarray]]:
 #: operations whose result changes from step to step even on a constant input
 _STATEFUL = ("if", "readout")
 #: what the ``once`` block may hold (no neuron state, no spikes to send)
-_ONCE_OPS = ("digital", "mvm", "add")
+_ONCE_OPS = ("digital", "mvm", "add", "merge")
 
 
 _BLOCK = ("value", "array", "=rows", "range", "=cols", "range", "=at", "range")
@@ -238,6 +240,7 @@ _FORMS: dict[str, list[tuple[str, ...]]] = {
     "add": [("value", "array", "*")],
     "send": [("value", "=hops", "int")],
     "digital": [("value", "word", "value", "+")],
+    "merge": [("value", "value", "value")],
     "barrier": [()],
 }
 
@@ -386,7 +389,7 @@ def _check_instruction(
         if t.kind == "array" and str(t) not in arrays:
             raise fail(s, f"array {t} is not declared")
     values = [str(t) for t in toks if t.kind == "value"]
-    if s.op in ("mvm", "fire", "readout", "digital"):
+    if s.op in ("mvm", "fire", "readout", "digital", "merge"):
         for v in values[1:]:
             if v not in producer:
                 raise fail(s, f"{v} is used before it is defined")

@@ -18,6 +18,7 @@ timesteps rather than unrolled.
         send %1 hops 1                            // spike packets to the consumers' tiles
         mvm %2 %1 a0 a1 a2                        // crossbar reads; skipped when no row spiked
         add %2 a0 a1 a2                           // partial sums across row blocks (digital)
+        merge %9 %6 %7                            // a residual merge: %6 + %7 (digital adder)
         readout %13 %12                           // the final layer accumulates, no threshold
         barrier                                   // end of the timestep
       }
@@ -198,7 +199,7 @@ class SendStmt:
 
 @dataclass(frozen=True)
 class Instruction:
-    """``mvm|fire|readout|digital|add %R …``: the value it computes (or, for ``add``, the
+    """``mvm|fire|readout|digital|merge|add %R …``: the value it computes (or, for ``add``, the
     layer whose partial sums it adds), its value operands and the arrays it reads."""
 
     op: str
@@ -351,8 +352,8 @@ _ARG = re.compile(
     re.VERBOSE,
 )
 #: the statements' opcodes (the grammar's OPCODE terminal)
-OPCODES = ("input", "array", "block", "neuron", "digital", "mvm", "add", "fire", "send",
-           "readout", "barrier")  # fmt: skip
+OPCODES = ("input", "array", "block", "neuron", "digital", "mvm", "add", "merge", "fire",
+           "send", "readout", "barrier")  # fmt: skip
 #: words the grammar reads as keywords: never a canonical argument
 _KEYWORDS = (*OPCODES, "program", "hw", "once", "loop", "timestep")
 _ARRAY = re.compile(r"a[0-9]")

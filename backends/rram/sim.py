@@ -51,6 +51,7 @@ from bsnnc.runtime.snn import (
     WindowState,
     digital,
     fire,
+    merge,
     nchw,
     readout,
     run_in_windows,
@@ -350,6 +351,9 @@ class TileSimulator:
             return fire(result, src, th, 1, reset, T, trace, state, v0)
         if s.op == "readout":
             return readout(nchw(src), T, t0, state.readout)
+        if s.op == "merge":  # the digital adder: one add per output neuron and step
+            ev.add("psum_adds", n.type.numel_per_sample())
+            return merge(src, env[n.value_operands()[1]], T)
         if s.op == "mvm" and result in self.kernels:
             return self._mvm(n, src, T, trace, ev)
         if s.op == "mvm":

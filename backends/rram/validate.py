@@ -56,9 +56,14 @@ from bsnnc.ir.ops import Trait, has_trait, if_init, is_binary_layer, ops_with
 from bsnnc.runtime.artifact import Artifact
 
 #: the graph ops an instruction may compute (``digital`` names its op)
-_OPS_OF = {"fire": ("if",), "readout": ("readout",), "mvm": ops_with(Trait.WEIGHTED)}
+_OPS_OF = {
+    "fire": ("if",),
+    "readout": ("readout",),
+    "mvm": ops_with(Trait.WEIGHTED),
+    "merge": ("add",),
+}
 #: the instructions that compute a value
-_COMPUTE = ("mvm", "fire", "readout", "digital")
+_COMPUTE = ("mvm", "fire", "readout", "digital", "merge")
 
 Range = tuple[int, int]
 

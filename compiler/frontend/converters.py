@@ -114,16 +114,40 @@ def _split_binary(ctx: Ctx) -> tuple[str, np.ndarray]:
         return ctx.value(b), ctx.numeric(a, "constant operand")
     if ctx.is_const(b) and not ctx.is_const(a):
         return ctx.value(a), ctx.numeric(b, "constant operand")
-    raise ctx.fail(
-        "only elementwise ops with one constant operand are supported (no residual "
-        "connections or tensor-tensor products)"
-    )
+    raise ctx.fail("only elementwise ops with one constant operand are supported here")
 
 
 def conv_add(ctx: Ctx) -> None:
-    """Add(x, c) → bias."""
+    """Add(x, c) → bias; Add(x, y) of two computed tensors (a residual merge) → add."""
+    a, b = ctx.inputs()[:2]
+    if not ctx.is_const(a) and not ctx.is_const(b):
+        ctx.bind(0, _merge(ctx, [a, b]))
+        return
     x, c = _split_binary(ctx)
     ctx.bind(0, _affine(ctx, x, c, "bias"))
+
+
+def conv_sum(ctx: Ctx) -> None:
+    """Sum(x₁, …, x_k) of computed tensors → a chain of add."""
+    names = [i for i in ctx.inputs() if i]
+    if any(ctx.is_const(i) for i in names):
+        raise ctx.fail("Sum with a constant operand is not supported; use Add for a bias")
+    ctx.bind(0, _merge(ctx, names) if len(names) > 1 else ctx.value(names[0]))
+
+
+def _merge(ctx: Ctx, names: list[str]) -> str:
+    """``add`` of computed tensors of one shape (no broadcasting between them)."""
+    values = [ctx.value(n) for n in names]
+    shapes = {ctx.type_of(v).shape for v in values}
+    if len(shapes) > 1:
+        got = ", ".join(f"'{n}' {ctx.type_of(v)}" for n, v in zip(names, values, strict=True))
+        raise ctx.fail(
+            f"a merge of computed tensors must have one shape (no broadcasting), got {got}"
+        )
+    y = values[0]
+    for v in values[1:]:
+        y = ctx.emit("add", [y, v])
+    return y
 
 
 def conv_sub(ctx: Ctx) -> None:
@@ -150,11 +174,16 @@ def conv_div(ctx: Ctx) -> None:
 
 
 def conv_identity(ctx: Ctx) -> None:
-    """Identity and inference-mode Dropout are removed."""
+    """Identity and inference-mode Dropout are removed (an Identity of a constant — the
+    classic exporter's deduplicated initializers — names the same constant)."""
     assert ctx.node is not None
     if len(ctx.node.output) > 1 and ctx.node.output[1]:
         raise ctx.fail("the Dropout mask output is used; export the model in eval mode")
-    ctx.bind(0, ctx.value(ctx.inputs()[0]))
+    x = ctx.inputs()[0]
+    if ctx.is_const(x):
+        ctx.consts[ctx.node.output[0]] = ctx.consts[x]
+        return
+    ctx.bind(0, ctx.value(x))
 
 
 def conv_relu(ctx: Ctx) -> None:
@@ -390,4 +419,5 @@ CONVERTERS: dict[str, Converter] = {
     "ReduceMean": conv_reducemean,
     "Reshape": conv_reshape,
     "Sub": conv_sub,
+    "Sum": conv_sum,
 }

@@ -17,6 +17,9 @@ The algebra (per channel c, ``x = W·a``):
 * a negative ``s_c`` is made positive by negating output channel c of the weights (as FINN
   does — flip the sign pattern, not the comparison): ``s·(W·a) = (−s)·((−W)·a)``; this is valid
   through average pools, and through a max pool only if the scale came before the pool.
+* a residual merge ``add(x, y)`` keeps each branch's affine on that branch, right before the
+  merge (``(s·x + b) + (t·y + c)`` has no single scale), with negative scales made positive
+  as above; fold-threshold-normalization then folds them into the merge's IF.
 * an affine on a weighted op's *input* moves to its output when the scale is one number:
   ``W·(s·a + b) = s·(W·a) + W·b``; ``W·b`` is per output channel for dense layers, and for
   convolutions without padding ``Σ_{c,u,v} W[o,c,u,v]·b_c``.
@@ -79,6 +82,10 @@ class _Folder:
             self.aff[n.result] = Affine.identity(self.channels(new))
         elif has_trait(n.op, Trait.WEIGHTED):
             self.weighted(n)
+        elif n.op == "add":  # each branch's affine stays on its branch, before the merge
+            xs = [self.materialize(n, v, allow_negative=False) for v in n.value_operands()]
+            new = self.rw.copy(n, xs)
+            self.aff[n.result] = Affine.identity(self.channels(new))
         else:
             raise self.fail(n, f"unexpected op {n.op}")
 

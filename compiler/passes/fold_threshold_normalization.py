@@ -24,6 +24,19 @@ the same logits as the original — the equivalence the tests check.
 thresholds are integers Θ = θ/q in units of q and the membrane arithmetic of binary layers
 (integer currents) is exact.
 
+A residual merge ``IF(Σ_k (s_k ⊙ P_k(W_k·a_k) + b_k))`` (after fold-scales each branch k
+keeps its own positive affine; an identity shortcut has s = 1, b = 0 and no W) integrates the
+branch currents ``I_k`` (mean ``P_k(W_k·a_k) / λ_k``) in the unit of branch 0,
+``D = s_0·λ_0``::
+
+    θ = λ_out / D,   β = Σ_k b_k / D,   f_k = s_k·λ_k / D   (f_0 = 1)
+
+so ``Σ_k f_k·I_k + β`` fires at the rate ``a_out / λ_out``. Branch 0 keeps its integer ±1
+currents; every other branch's current is scaled by ``f_k`` (a per-channel ``scale`` before
+the ``add``), rounded to the threshold grid q (at most 24 significant bits), so that the
+membrane in units of q stays an integer sum: on a crossbar f_k is a digital shift-and-add of
+the branch's spikes or partial sums into the merge's membrane, not a crossbar column.
+
 An IF layer that stands for a quantized activation (``levels`` L, ``step`` Δ, from a QONNX
 ``Quant`` or a QCDQ chain) is not calibrated: λ = L·Δ, the quantizer's largest output. With
 the half-threshold start and a constant current z the neuron then emits ⌊z·L/λ + ½⌋ spikes
@@ -72,13 +85,41 @@ def dyadic_step(theta: np.ndarray) -> float:
 
 def _affine_chain(g: Graph, n: Node) -> tuple[list[Node], str]:
     """The single-use scale/bias nodes right before ``n`` (in forward order) and their input."""
+    return _chain_to(g, n.value_operands()[0])
+
+
+def _chain_to(g: Graph, value: str) -> tuple[list[Node], str]:
+    """The single-use scale/bias nodes ending at ``value`` (in forward order) and their input."""
     nodes, users = g.node_map(), g.users()
     chain: list[Node] = []
-    cur = n.value_operands()[0]
+    cur = value
     while nodes[cur].op in ("scale", "bias") and len(users[cur]) == 1:
         chain.append(nodes[cur])
         cur = nodes[cur].value_operands()[0]
     return list(reversed(chain)), cur
+
+
+def _merge_tree(g: Graph, value: str) -> tuple[list[Node], list[str]]:
+    """The ``add`` nodes of the merge ending at ``value`` and its branches (values, in order)."""
+    n = g.node_map()[value]
+    if n.op != "add":
+        return [], [value]
+    adds, branches = [n], []
+    for v in n.value_operands():
+        more, vs = _merge_tree(g, v)
+        adds += more
+        branches += vs
+    return adds, branches
+
+
+def _absorbed(g: Graph, n: Node) -> list[Node]:
+    """The nodes an ``if``/``readout`` folds into itself: its affine chain and, after a merge,
+    the ``add`` nodes and every branch's affine chain."""
+    chain, src = _affine_chain(g, n)
+    if n.op != "if" or chain or g.node_map()[src].op != "add":
+        return chain
+    adds, branches = _merge_tree(g, src)
+    return adds + [c for b in branches for c in _chain_to(g, b)[0]]
 
 
 def _compose(g: Graph, chain: list[Node], channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,6 +143,11 @@ def _lambda_in(g: Graph, value: str, lam: dict[str, np.ndarray]) -> float:
         return float(np.max(lam[cur.result]))
     if cur.op == "input":
         return 1.0
+    if cur.op == "add":
+        raise BsnncError(
+            f"fold-threshold-normalization: {cur.where()}: a residual merge must feed a ReLU "
+            "(its IF layer) before anything else reads it"
+        )
     raise BsnncError(f"fold-threshold-normalization: {cur.where()}: unexpected op on the path")
 
 
@@ -177,8 +223,68 @@ def _calibrate_images(g: Graph, opts: PassOptions) -> Calibration:
     return Calibration(len(images), images.name, opts.statistic, p, opts.granularity, layers)
 
 
+#: a merge factor keeps at most this many significant bits (its per-channel constant is float32)
+FACTOR_BITS = 24
+
+
+def _merge_factors(f: np.ndarray, q: float) -> np.ndarray:
+    """Branch factors on the threshold grid q (so that f/q is an integer: the membrane stays
+    exact), coarsened to 24 significant bits when a factor is much larger than θ."""
+    top = float(np.max(np.abs(f)))
+    step = max(q, 2.0 ** (np.floor(np.log2(top)) - (FACTOR_BITS - 1))) if top > 0 else q
+    return np.asarray(np.round(f / step) * step)
+
+
+def _emit_merge_if(
+    rw: Rewriter, g: Graph, n: Node, add: str, lam: dict[str, np.ndarray], notes: list[str]
+) -> None:
+    """The IF after a residual merge (see the module docstring): branch 0 sets the unit."""
+    channels = int(n.type.shape[1] or 1)
+    parts = []
+    for b in _merge_tree(g, add)[1]:
+        chain, src = _chain_to(g, b)
+        s, bias = _compose(g, chain, channels)
+        parts.append((src, s, bias, _lambda_in(g, src, lam)))
+    d = parts[0][1] * parts[0][3]
+    theta = lam[n.result] * np.ones(channels) / d
+    beta = sum(p[2] for p in parts) / d
+    q = dyadic_step(theta)
+    theta, beta = np.round(theta / q) * q, np.round(beta / q) * q
+    name = (n.loc or n.result).strip("/").replace("/", ".")
+    loc = g.node_map()[add].loc
+    x = rw.env[parts[0][0]]
+    factors = []
+    for i, (src, s, _, lam_in) in enumerate(parts[1:], start=1):
+        f = _merge_factors(s * lam_in / d, q)
+        factors.append(f)
+        y = emit_scale_bias(rw, rw.env[src], f, np.zeros(channels), f"{name}.branch{i}", loc)
+        x = rw.add("add", [x, y], loc=loc)
+    x = emit_scale_bias(rw, x, np.ones(channels), beta, name, n.loc)
+    _add_if(rw, n, x, theta, name)
+    notes.append(
+        f"fold-threshold-normalization: {n.loc or n.result}: θ = {_summary(theta)} after a "
+        f"merge of {len(parts)} branches (λ = {_summary(lam[n.result])}; branch factors "
+        + ", ".join(_summary(f) for f in factors)
+        + ")"
+    )
+
+
+def _add_if(rw: Rewriter, n: Node, x: str, theta: np.ndarray, name: str) -> None:
+    """The folded ``if`` of ``n`` on ``x`` with thresholds ``theta`` (one or per channel)."""
+    attrs = {"reset": n.attrs["reset"], "axis": 1, "init": if_init(n.attrs)}
+    attrs["levels"] = if_levels(n.attrs)  # the quantizer's step is now θ / L
+    if np.all(theta == theta[0]):
+        rw.env[n.result] = rw.add("if", [x], {**attrs, "theta": float(theta[0])}, loc=n.loc)
+    else:
+        c = rw.const(f"{name}.theta", Kind.F32, theta.astype(np.float32))
+        rw.env[n.result] = rw.add("if", [x, c], {**attrs, "theta": 1.0}, loc=n.loc)
+
+
 def _emit_if(rw: Rewriter, g: Graph, n: Node, lam: dict[str, np.ndarray], notes: list[str]) -> None:
     chain, src = _affine_chain(g, n)
+    if not chain and g.node_map()[src].op == "add":
+        _emit_merge_if(rw, g, n, src, lam, notes)
+        return
     channels = int(n.type.shape[1] or 1)
     s, b = _compose(g, chain, channels)
     lam_in = _lambda_in(g, src, lam)
@@ -188,13 +294,7 @@ def _emit_if(rw: Rewriter, g: Graph, n: Node, lam: dict[str, np.ndarray], notes:
     theta, beta = np.round(theta / q) * q, np.round(beta / q) * q
     name = (n.loc or n.result).strip("/").replace("/", ".")
     x = emit_scale_bias(rw, rw.env[src], np.ones(channels), beta, name, n.loc)
-    attrs = {"reset": n.attrs["reset"], "axis": 1, "init": if_init(n.attrs)}
-    attrs["levels"] = if_levels(n.attrs)  # the quantizer's step is now θ / L
-    if np.all(theta == theta[0]):
-        rw.env[n.result] = rw.add("if", [x], {**attrs, "theta": float(theta[0])}, loc=n.loc)
-    else:
-        c = rw.const(f"{name}.theta", Kind.F32, theta.astype(np.float32))
-        rw.env[n.result] = rw.add("if", [x, c], {**attrs, "theta": 1.0}, loc=n.loc)
+    _add_if(rw, n, x, theta, name)
     folded = ", ".join(c.loc or c.op for c in chain) or "nothing"
     notes.append(
         f"fold-threshold-normalization: {n.loc or n.result}: θ = {_summary(theta)} "
@@ -209,6 +309,11 @@ def _summary(v: np.ndarray) -> str:
 
 def _emit_readout(rw: Rewriter, g: Graph, n: Node, lam: dict[str, np.ndarray]) -> None:
     chain, src = _affine_chain(g, n)
+    if g.node_map()[src].op == "add":
+        raise BsnncError(
+            f"fold-threshold-normalization: {n.where()}: a residual merge right before the "
+            "output is not supported (end the network with a weighted layer)"
+        )
     channels = int(n.type.shape[1] or 1)
     s, b = _compose(g, chain, channels)
     lam_in = _lambda_in(g, src, lam)
@@ -223,7 +328,7 @@ def fold_threshold_normalization(g: Graph, options: PassOptions) -> PassResult:
     calibration = _calibrate(g, options)
     ifs = [n for n in g.nodes if n.op == "if"]
     lam = {n.result: np.asarray(c.lam) for n, c in zip(ifs, calibration.layers, strict=True)}
-    skip = {c.result for n in g.nodes if n.op in ("if", "readout") for c in _affine_chain(g, n)[0]}
+    skip = {c.result for n in g.nodes if n.op in ("if", "readout") for c in _absorbed(g, n)}
     rw = Rewriter(g)
     notes: list[str] = []
     for n in g.nodes:
