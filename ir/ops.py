@@ -248,6 +248,17 @@ def _infer_add(ts: Sequence[TensorType], attrs: Attrs) -> TensorType:
     return a.with_kind(Kind.F32)
 
 
+def _infer_concat(ts: Sequence[TensorType], attrs: Attrs) -> TensorType:
+    a, b = ts[0], ts[1]
+    for t, what in ((a, "concat first operand"), (b, "concat second operand")):
+        _need_kind(t, (Kind.F32, Kind.I32, Kind.SPIKE), what)
+    same = a.rank == b.rank >= 2 and a.shape[2:] == b.shape[2:]
+    if not same or a.shape[1] is None or b.shape[1] is None:
+        raise _fail(f"concat operands must differ only in their channels (axis 1), got {a} and {b}")
+    kind = Kind.SPIKE if a.kind == b.kind == Kind.SPIKE else Kind.F32
+    return TensorType(kind, (a.shape[0], a.shape[1] + b.shape[1], *a.shape[2:]))
+
+
 def _infer_quant(ts: Sequence[TensorType], attrs: Attrs) -> TensorType:
     _need_kind(ts[0], (Kind.F32, Kind.I32), "quant input")
     step, levels = attr_float(attrs, "step"), attr_int(attrs, "levels")
@@ -337,6 +348,14 @@ OPS: dict[str, OpDef] = {
         ),
         OpDef("relu", "max(x, 0)", ("value",), {}, _infer_same((Kind.F32, Kind.I32))),
         OpDef("add", "a + b (a residual merge; same shapes)", ("value", "value"), {}, _infer_add),
+        OpDef(
+            "concat",
+            "[a, b] along the channels (axis 1); spikes stay spikes",
+            ("value", "value"),
+            {},
+            _infer_concat,
+            frozenset({Trait.SPIKE_PASS_THROUGH}),
+        ),
         OpDef(
             "quant",
             "unsigned uniform quantizer: step · clip(round(x / step), 0, levels), ties to even",

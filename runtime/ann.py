@@ -81,6 +81,9 @@ ANN_KERNELS: dict[str, Kernel] = {
     "relu": lambda xs, a: np.maximum(xs[0], 0).astype(xs[0].dtype, copy=False),
     "quant": lambda xs, a: _quant(xs, a),
     "add": lambda xs, a: np.add(xs[0], xs[1], dtype=_float(xs[0])),
+    "concat": lambda xs, a: np.concatenate(
+        [xs[0].astype(_float(xs[0]), copy=False), xs[1].astype(_float(xs[0]), copy=False)], axis=1
+    ),
     "scale": lambda xs, a: _affine(xs, a, "factor", add=False),
     "bias": lambda xs, a: _affine(xs, a, "value", add=True),
     "if": lambda xs, a: _if_rate(xs, a),

@@ -231,6 +231,8 @@ class SnnRuntime:
             return self._binary(n, ins[0] if n.op == "conv2d" else nchw(ins[0]), T, trace)
         if n.op == "add":
             return merge(ins[0], ins[1], T)
+        if n.op == "concat":
+            return concat(ins[0], ins[1])
         return digital(n, ins[0], consts, T)
 
     def _if(
@@ -419,6 +421,18 @@ def merge(a: Value, b: Value, T: int) -> Value:
     x = a.data[None] if a.static else a.data
     y = b.data[None] if b.static else b.data
     return Value(np.add(x, y, dtype=np.float64), False)
+
+
+def concat(a: Value, b: Value) -> Value:
+    """``[a, b]`` along the channels (spikes stay uint8); a static operand is repeated over the
+    steps of the other."""
+    a, b = nchw(a), nchw(b)
+    if a.static == b.static:
+        return Value(np.concatenate([a.data, b.data], axis=1 if a.static else 2), a.static)
+    steps = (b if a.static else a).data.shape[0]
+    x = np.broadcast_to(a.data, (steps, *a.data.shape)) if a.static else a.data
+    y = np.broadcast_to(b.data, (steps, *b.data.shape)) if b.static else b.data
+    return Value(np.concatenate([x, y], axis=2), False)
 
 
 def _avgpool32(x: np.ndarray, n: Node, nhwc: bool = False) -> np.ndarray:

@@ -273,38 +273,61 @@ def test_two_inputs(
     compile_fails(path, tmp_path, capsys, str(path), "exactly one input", "'a'", "'b'")
 
 
+def _merge_without_relu(n: Net) -> None:
+    n.conv(2, 2).op("Relu")
+    skip = n.cur
+    n.conv(2, 2).op("Add", [skip]).op("GlobalAveragePool").op("Flatten").gemm(2, 3)
+
+
+def _merge_broadcast(n: Net) -> None:
+    n.conv(2, 2).op("Relu")
+    skip = n.cur
+    # [N,1,6,6] + [N,2,6,6] broadcasts in ONNX; a merge of spike trains cannot
+    n.conv(2, 1).op("Add", [skip]).op("Relu").op("Flatten").gemm(72, 3)
+
+
+def _concat(axis: int, before_relu: bool) -> Callable[[Net], None]:
+    def build(n: Net) -> None:
+        n.conv(2, 2)
+        if not before_relu:
+            n.op("Relu")
+        first = n.cur
+        n.conv(2, 2).op("Concat", [first], axis=axis).op("Relu")
+        n.conv(4 if axis == 1 else 2, 2, binary="tensor").op("Relu").op("Flatten")
+        n.gemm(2 * 6 * (6 if axis == 1 else 12), 3)
+
+    return build
+
+
 @pytest.mark.parametrize(
-    ("main", "tail", "fragment"),
+    ("build", "where", "fragment"),
     [
         # a merge read by anything but its ReLU has no IF layer to fold into
-        (2, ["GlobalAveragePool", "Flatten"], "a residual merge must feed a ReLU"),
-        # [N,1,6,6] + [N,2,6,6] broadcasts in ONNX; a merge of spike trains cannot
-        (1, ["Relu", "Flatten"], "one shape (no broadcasting)"),
+        (_merge_without_relu, "Add", "a residual merge must feed a ReLU"),
+        (_merge_broadcast, "Add", "one shape (no broadcasting)"),
+        (_concat(2, False), "Concat", "along the channels (axis 1) only"),
+        (_concat(1, True), "", "a concatenation is supported of spikes only (concatenate after"),
     ],
 )
-def test_residual_merge_errors(
-    main: int,
-    tail: list[str],
+def test_merge_errors(
+    build: Callable[[Net], None],
+    where: str,
     fragment: str,
     save_model: SaveModel,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    n = Net("residual", (2, 6, 6), seed=14)
-    n.conv(2, 2).op("Relu")
-    skip = n.cur
-    n.conv(2, main).op("Add", [skip])
-    for op in tail:
-        n.op(op)
-    n.gemm(2 if tail[0] == "GlobalAveragePool" else 72, 3)
+    n = Net("merge", (2, 6, 6), seed=14)
+    build(n)
     model = n.model()
     calib = tmp_path / "calib.npz"
     np.savez(calib, x=np.random.default_rng(0).standard_normal((8, 2, 6, 6)).astype(np.float32))
+    names = [node_named(model, where)] if where else []
     compile_fails(
-        save_model(model, "res.onnx"),
+        save_model(model, "merge.onnx"),
         tmp_path,
         capsys,
-        node_named(model, "Add"),
+        *names,
         fragment,
         extra=["--calib", str(calib)],
     )

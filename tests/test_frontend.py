@@ -45,6 +45,7 @@ EXPECTED_BINARY = {
     "vgg_small": [False, True, True, True, True, True, False],
     "gap_binary": [False, True, True, False],
     "residual": [False, True, True, True, True, True, False],
+    "dense_concat": [False, True, True, True, False],
 }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from clirun import ok
+from clirun import flat, ok
 from test_tilesim import KEYS, both
 
 from bsnnc.compiler.frontend.importer import import_onnx
@@ -17,6 +17,7 @@ from bsnnc.compiler.passes import PassOptions, run_pipeline
 from bsnnc.ir.graph import Graph, channel_param
 from bsnnc.ir.ops import threshold_unit
 from bsnnc.runtime.ann import run_ann
+from bsnnc.runtime.artifact import read_artifact
 from bsnnc.runtime.datasets import load_images
 from bsnnc.runtime.ort import run_onnxruntime
 from bsnnc.runtime.simulate import ann_accuracy, metrics, run_chunks
@@ -99,7 +100,13 @@ def test_tile_simulator_is_bit_exact(
     name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "resnet.tiles"
-    ok(["compile", FIXTURES / f"{name}.onnx", "--calib", "digits", "-o", out], capsys)
+    _, err = ok(["compile", FIXTURES / f"{name}.onnx", "--calib", "digits", "-o", out], capsys)
+    # 64·8·8 + 2 · 64·4·4 neurons merged per step (blocks 1, 2 and 3)
+    assert flat("3 residual merge(s) on the digital adders, 4,096 adds per image and step") in flat(
+        err
+    )
+    mapping = json.loads(read_artifact(out).extra["mapping.json"])
+    assert mapping["merges"] == 3 and mapping["merge_adds_per_step"] == 4096
     ref, got, c, _ = both(out, load_images("digits", split="test", limit=24), 16)
     for k in KEYS:
         assert got[k] == ref[k], k

@@ -225,6 +225,23 @@ def residual() -> onnx.ModelProto:
     return n.model()
 
 
+def dense_concat() -> onnx.ModelProto:
+    """DenseNet-style: the stem's spikes concatenated with a binary layer's (and a pooled
+    concatenation of three), read by binary layers."""
+    n = Net("dense_concat", (2, 8, 8), seed=10)
+    n.conv(2, 4).op("Relu")
+    stem = n.cur
+    n.conv(4, 4, binary="tensor").op("Relu")
+    grown = n.cur
+    n.op("Concat", [stem], axis=1)
+    n.conv(8, 6, binary="channel").op("Relu")
+    n.op("Concat", [grown, stem], axis=1)  # 6 + 4 + 4 channels
+    n.op("AveragePool", kernel_shape=[2, 2], strides=[2, 2])
+    n.conv(14, 8, binary="tensor").op("Relu")
+    n.op("GlobalAveragePool").op("Flatten", axis=1).gemm(8, 4)
+    return n.model()
+
+
 ZOO: dict[str, Callable[[], onnx.ModelProto]] = {
     "avg_before_relu": avg_before_relu,
     "max_ceil": max_ceil,
@@ -235,4 +252,5 @@ ZOO: dict[str, Callable[[], onnx.ModelProto]] = {
     "vgg_small": vgg_small,
     "gap_binary": gap_binary,
     "residual": residual,
+    "dense_concat": dense_concat,
 }

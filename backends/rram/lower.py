@@ -94,4 +94,12 @@ def lower_to_tiles(g: Graph, options: RramOptions | None = None) -> TileLowering
         f"{summary['arrays_bound_global']}, utilization {summary['utilization']:.1%}); "
         f"a BNN with 2 rows per input needs {bnn.n_arrays}"
     )
+    merges = [n for n in g.nodes if n.op == "add"]
+    if merges:  # residual merges run on the digital adders, not on arrays
+        summary["merges"] = len(merges)
+        summary["merge_adds_per_step"] = sum(n.type.numel_per_sample() for n in merges)
+        note += (
+            f"; {len(merges)} residual merge(s) on the digital adders, "
+            f"{summary['merge_adds_per_step']:,} adds per image and step"
+        )
     return TileLowering(summary, print_program(program), arrays, note)

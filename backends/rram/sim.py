@@ -49,6 +49,7 @@ from bsnnc.runtime.snn import (
     SnnTrace,
     Value,
     WindowState,
+    concat,
     digital,
     fire,
     merge,
@@ -358,6 +359,8 @@ class TileSimulator:
             return self._mvm(n, src, T, trace, ev)
         if s.op == "mvm":
             self._count_bitsliced(n, nchw(src), T, ev)
+        if n.op == "concat":  # routing: the spike packets of both go to the consumer
+            return concat(src, env[n.value_operands()[1]])
         return self._digital(n, src, T)
 
     def _digital(self, n: Node, x: Value, T: int) -> Value:

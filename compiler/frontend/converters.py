@@ -135,6 +135,22 @@ def conv_sum(ctx: Ctx) -> None:
     ctx.bind(0, _merge(ctx, names) if len(names) > 1 else ctx.value(names[0]))
 
 
+def conv_concat(ctx: Ctx) -> None:
+    """Concat of computed tensors along the channels (axis 1) → a chain of concat."""
+    names = [i for i in ctx.inputs() if i]
+    if any(ctx.is_const(i) for i in names):
+        raise ctx.fail("Concat with a constant operand is not supported")
+    values = [ctx.value(n) for n in names]
+    rank = ctx.type_of(values[0]).rank
+    axis = int(ctx.attr("axis", 1))
+    if axis % rank != 1 or rank < 2:
+        raise ctx.fail(f"Concat is supported along the channels (axis 1) only, got axis={axis}")
+    y = values[0]
+    for v in values[1:]:
+        y = ctx.emit("concat", [y, v])
+    ctx.bind(0, y)
+
+
 def _merge(ctx: Ctx, names: list[str]) -> str:
     """``add`` of computed tensors of one shape (no broadcasting between them)."""
     values = [ctx.value(n) for n in names]
@@ -401,6 +417,7 @@ def conv_reducemean(ctx: Ctx) -> None:
 CONVERTERS: dict[str, Converter] = {
     "Add": conv_add,
     "Clip": Q.conv_clip,
+    "Concat": conv_concat,
     "DequantizeLinear": Q.conv_dequantize_linear,
     "QuantizeLinear": Q.conv_quantize_linear,
     "AveragePool": conv_avgpool,

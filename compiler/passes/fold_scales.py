@@ -17,9 +17,10 @@ The algebra (per channel c, ``x = W·a``):
 * a negative ``s_c`` is made positive by negating output channel c of the weights (as FINN
   does — flip the sign pattern, not the comparison): ``s·(W·a) = (−s)·((−W)·a)``; this is valid
   through average pools, and through a max pool only if the scale came before the pool.
-* a residual merge ``add(x, y)`` keeps each branch's affine on that branch, right before the
-  merge (``(s·x + b) + (t·y + c)`` has no single scale), with negative scales made positive
-  as above; fold-threshold-normalization then folds them into the merge's IF.
+* a residual merge ``add(x, y)`` (and a channel concatenation) keeps each branch's affine on
+  that branch, right before the merge (``(s·x + b) + (t·y + c)`` has no single scale), with
+  negative scales made positive as above; fold-threshold-normalization then folds them into
+  the merge's IF.
 * an affine on a weighted op's *input* moves to its output when the scale is one number:
   ``W·(s·a + b) = s·(W·a) + W·b``; ``W·b`` is per output channel for dense layers, and for
   convolutions without padding ``Σ_{c,u,v} W[o,c,u,v]·b_c``.
@@ -82,7 +83,7 @@ class _Folder:
             self.aff[n.result] = Affine.identity(self.channels(new))
         elif has_trait(n.op, Trait.WEIGHTED):
             self.weighted(n)
-        elif n.op == "add":  # each branch's affine stays on its branch, before the merge
+        elif n.op in ("add", "concat"):  # each operand's affine stays before the merge
             xs = [self.materialize(n, v, allow_negative=False) for v in n.value_operands()]
             new = self.rw.copy(n, xs)
             self.aff[n.result] = Affine.identity(self.channels(new))

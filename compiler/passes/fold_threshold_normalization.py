@@ -134,10 +134,11 @@ def _compose(g: Graph, chain: list[Node], channels: int) -> tuple[np.ndarray, np
 
 
 def _lambda_in(g: Graph, value: str, lam: dict[str, np.ndarray]) -> float:
-    """λ of the IF layer whose spikes feed ``value`` through linear ops (1 for the input)."""
+    """λ of the IF layer whose spikes feed ``value`` through linear ops (1 for the input); a
+    concatenation's IF layers share one λ (:func:`_tie_concatenated`)."""
     nodes = g.node_map()
     cur = nodes[value]
-    while has_trait(cur.op, *_THROUGH):
+    while has_trait(cur.op, *_THROUGH) or cur.op == "concat":
         cur = nodes[cur.value_operands()[0]]
     if cur.op == "if":
         return float(np.max(lam[cur.result]))
@@ -149,6 +150,54 @@ def _lambda_in(g: Graph, value: str, lam: dict[str, np.ndarray]) -> float:
             "(its IF layer) before anything else reads it"
         )
     raise BsnncError(f"fold-threshold-normalization: {cur.where()}: unexpected op on the path")
+
+
+def _concat_sources(g: Graph, value: str) -> list[Node]:
+    """The IF layers whose spikes a concatenation gathers (through pools and shape ops)."""
+    cur = g.node_map()[value]
+    if cur.op == "concat":
+        return [s for v in cur.value_operands() for s in _concat_sources(g, v)]
+    while has_trait(cur.op, Trait.POOL, Trait.SHAPE):
+        cur = g.node_map()[cur.value_operands()[0]]
+    if cur.op != "if":
+        raise BsnncError(
+            f"fold-threshold-normalization: {cur.where()}: a concatenation is supported of "
+            "spikes only (concatenate after the ReLU)"
+        )
+    return [cur]
+
+
+def _tie_concatenated(
+    g: Graph, lam: dict[str, np.ndarray], notes: list[str]
+) -> dict[str, np.ndarray]:
+    """IF layers concatenated into one tensor share λ = the largest of theirs: the layer that
+    reads the concatenation sees one rate scale λ_in (its ±1 weights cannot absorb one per
+    input channel), and every part still fires at ``a / λ`` — exact, at slightly lower rates
+    for the parts whose own λ was smaller."""
+    out = dict(lam)
+    users = g.users()
+    groups = [
+        _concat_sources(g, n.result)
+        for n in g.nodes
+        if n.op == "concat" and not any(u.op == "concat" for u in users[n.result])
+    ]
+    changed = True
+    while changed:  # groups sharing a layer end up with one λ (the largest of them all)
+        changed = False
+        for parts in groups:
+            top = max(float(np.max(out[p.result])) for p in parts)
+            for p in parts:
+                if np.any(out[p.result] != top):
+                    out[p.result] = np.full_like(np.asarray(out[p.result], np.float64), top)
+                    changed = True
+    for parts in groups:
+        names = ", ".join(p.loc or p.result for p in parts)
+        top = float(np.max(out[parts[0].result]))
+        notes.append(
+            f"fold-threshold-normalization: λ of the concatenated IF layers ({names}) tied to "
+            f"{top:.4g}"
+        )
+    return out
 
 
 def calibration_batch(g: Graph, at_most: int, budget: int = CALIB_BYTES) -> int:
@@ -328,9 +377,10 @@ def fold_threshold_normalization(g: Graph, options: PassOptions) -> PassResult:
     calibration = _calibrate(g, options)
     ifs = [n for n in g.nodes if n.op == "if"]
     lam = {n.result: np.asarray(c.lam) for n, c in zip(ifs, calibration.layers, strict=True)}
+    notes: list[str] = []
+    lam = _tie_concatenated(g, lam, notes)
     skip = {c.result for n in g.nodes if n.op in ("if", "readout") for c in _absorbed(g, n)}
     rw = Rewriter(g)
-    notes: list[str] = []
     for n in g.nodes:
         if n.result in skip:
             continue
