@@ -215,24 +215,14 @@ def build_vgg15(
     del w
     nodes.append(helper.make_node("Gemm", [relu_fc, wname], ["logits"], name="fc2", transB=1))
 
-    graph = helper.make_graph(
+    return classifier_model(
         nodes,
+        inits,
         f"vgg15_{dataset}",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
-        initializer=inits,
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", opset)],
-        producer_name="bsnnc-examples-vgg15",
-        doc_string="VGG-15 (avg-pool before ReLU), random He-normal weights, "
+        (size, classes, opset),
+        "bsnnc-examples-vgg15",
+        "VGG-15 (avg-pool before ReLU), random He-normal weights, "
         + ("XNOR-binary middle layers" if binary else "full precision"),
-    )
-    # The lowest IR version that supports the opset keeps older onnxruntime releases happy.
-    model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))
-    helper.set_model_props(
-        model,
         {
             "dataset": dataset,
             "seed": str(seed),
@@ -241,6 +231,36 @@ def build_vgg15(
             "binary_layers": ",".join(binary_layers),
         },
     )
+
+
+def classifier_model(
+    nodes: list[onnx.NodeProto],
+    inits: list[TensorProto],
+    name: str,
+    shape: tuple[int, int, int],
+    producer: str,
+    doc: str,
+    props: dict[str, str],
+) -> onnx.ModelProto:
+    """The model of an image classifier's nodes: input ``input`` [batch, 3, size, size],
+    output ``logits`` [batch, classes] (``shape`` = (size, classes, opset)), metadata ``props``."""
+    size, classes, opset = shape
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        initializer=inits,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset)],
+        producer_name=producer,
+        doc_string=doc,
+    )
+    # The lowest IR version that supports the opset keeps older onnxruntime releases happy.
+    model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))
+    helper.set_model_props(model, props)
     return model
 
 
