@@ -299,9 +299,21 @@ def _concat(axis: int, before_relu: bool) -> Callable[[Net], None]:
     return build
 
 
+def _with_constant(op: str) -> Callable[[Net], None]:
+    def build(n: Net) -> None:
+        n.conv(2, 2).op("Relu")
+        const = n.init(np.ones((1, 2, 6, 6), np.float32), "c")
+        n.op(op, [const], **({"axis": 1} if op == "Concat" else {}))
+        n.op("Flatten").gemm(72 * (2 if op == "Concat" else 1), 3)
+
+    return build
+
+
 @pytest.mark.parametrize(
     ("build", "where", "fragment"),
     [
+        (_with_constant("Sum"), "Sum", "Sum with a constant operand is not supported"),
+        (_with_constant("Concat"), "Concat", "Concat with a constant operand is not supported"),
         # a merge read by anything but its ReLU has no IF layer to fold into
         (_merge_without_relu, "Add", "a residual merge must feed a ReLU"),
         (_merge_broadcast, "Add", "one shape (no broadcasting)"),

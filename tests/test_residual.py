@@ -11,6 +11,7 @@ import onnx
 import pytest
 from clirun import flat, ok
 from test_tilesim import KEYS, both
+from zoo import Net
 
 from bsnnc.compiler.frontend.importer import import_onnx
 from bsnnc.compiler.passes import PassOptions, run_pipeline
@@ -18,7 +19,7 @@ from bsnnc.ir.graph import Graph, channel_param
 from bsnnc.ir.ops import threshold_unit
 from bsnnc.runtime.ann import run_ann
 from bsnnc.runtime.artifact import read_artifact
-from bsnnc.runtime.datasets import load_images
+from bsnnc.runtime.datasets import Images, load_images
 from bsnnc.runtime.ort import run_onnxruntime
 from bsnnc.runtime.simulate import ann_accuracy, metrics, run_chunks
 
@@ -111,3 +112,38 @@ def test_tile_simulator_is_bit_exact(
     for k in KEYS:
         assert got[k] == ref[k], k
     assert c.reads_issued.sum() > 0 and c.psum_adds.sum() > 0
+
+
+def test_strided_projection_shortcut(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """ResNet's option B: a stride-2 1×1 binary conv + BatchNorm as the shortcut, merged with
+    Sum; read as an ANN the folded graph is the original, and the tiles are bit-exact."""
+    n = Net("option_b", (3, 8, 8), seed=21)
+    n.conv(3, 8).op("Relu")
+    block_in = n.cur
+    n.conv(8, 16, binary="tensor", strides=[2, 2]).op("Relu").conv(16, 16, binary="tensor")
+    main = n.cur
+    n.cur = block_in
+    n.conv(8, 16, k=1, binary="channel", strides=[2, 2])
+    c = 16
+    params = [
+        n.rng.uniform(0.5, 1.5, c),
+        n.rng.normal(0, 0.1, c),
+        n.rng.normal(0, 0.1, c),
+        n.rng.uniform(0.5, 1.5, c),
+    ]
+    n.op("BatchNormalization", [n.init(np.asarray(p, np.float32), "bn") for p in params])
+    n.op("Sum", [main]).op("Relu").op("GlobalAveragePool").op("Flatten", axis=1).gemm(16, 4)
+    path = tmp_path / "option_b.onnx"
+    onnx.save(n.model(), path)
+    x = np.random.default_rng(0).standard_normal((40, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x[:32])
+    g0 = import_onnx(path)
+    g = run_pipeline(g0, PassOptions(calib=lambda: load_images(str(tmp_path / "calib.npz")))).graph
+    want = run_ann(g0, x, dtype=np.float64)[g0.outputs[0]]
+    assert _rel(run_ann(g, x, dtype=np.float64)[g.outputs[0]], want) <= 1e-5
+    out = tmp_path / "option_b.tiles"
+    ok(["compile", path, "--calib", tmp_path / "calib.npz", "-o", out], capsys)
+    labels = want.argmax(axis=1)
+    ref, got, _, _ = both(out, Images("option_b", x[32:], labels[32:]), 16)
+    for k in KEYS:
+        assert got[k] == ref[k], k
