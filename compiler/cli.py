@@ -17,7 +17,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from bsnnc import __version__
-from bsnnc.compiler import cmd_compile, cmd_inspect, cmd_opt, cmd_simulate, cmd_verify
+from bsnnc.compiler import (
+    cmd_compile,
+    cmd_export,
+    cmd_inspect,
+    cmd_opt,
+    cmd_simulate,
+    cmd_verify,
+)
 from bsnnc.compiler.passes import PIPELINES, REGISTRY
 from bsnnc.ir.errors import BsnncError
 
@@ -55,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"bsnnc {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for mod in (cmd_compile, cmd_simulate, cmd_opt, cmd_verify, cmd_inspect):
+    for mod in (cmd_compile, cmd_simulate, cmd_export, cmd_opt, cmd_verify, cmd_inspect):
         mod.add_parser(sub)
     lp = sub.add_parser(
         "passes",

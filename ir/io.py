@@ -268,6 +268,11 @@ def _write_bytes(f: IO[bytes], data: bytes) -> None:
     f.write(data)
 
 
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda f: _write_bytes(f, data))
+
+
 def weights_path(ir_path: str | os.PathLike[str]) -> Path:
     """The weights file that belongs to an IR file: same stem, ``.npz``."""
     return Path(ir_path).with_suffix(".npz")

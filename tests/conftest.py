@@ -35,6 +35,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="also run the tests marked 'retrain' (retrain the digits model: ~1.5 min, torch)",
     )
     parser.addoption(
+        "--examples",
+        action="store_true",
+        default=False,
+        help="also run the tests marked 'examples' (short training runs of the deeper example "
+        "networks: ~45 s, torch; CI runs them)",
+    )
+    parser.addoption(
         "--mutations",
         type=int,
         default=None,
@@ -44,13 +51,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``retrain`` run only with ``--retrain``."""
-    if config.getoption("--retrain"):
-        return
-    skip = pytest.mark.skip(reason="retrains the digits model: run with --retrain")
-    for item in items:
-        if "retrain" in item.keywords:
-            item.add_marker(skip)
+    """Tests marked ``retrain`` run only with ``--retrain``, ``examples`` only with
+    ``--examples``."""
+    reasons = {
+        "retrain": "retrains the digits model: run with --retrain",
+        "examples": "a short training run of an example network: run with --examples",
+    }
+    for marker, reason in reasons.items():
+        if config.getoption(f"--{marker}"):
+            continue
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture

@@ -67,6 +67,7 @@ def test_train_digits_reaches_the_committed_model(tmp_path: Path) -> None:
     assert ours.tolist() == fresh["test_predictions"]
 
 
+@pytest.mark.examples
 def test_export_torch_fixtures_runs_and_imports(tmp_path: Path) -> None:
     proc = run_example(
         "export_torch_fixtures.py", "--out-dir", str(tmp_path), "--only", "signscale"
@@ -77,6 +78,7 @@ def test_export_torch_fixtures_runs_and_imports(tmp_path: Path) -> None:
         assert any(c.type.kind.value == "bipolar" for c in g.constants.values())
 
 
+@pytest.mark.examples
 def test_train_digits_deep_runs_and_converts(tmp_path: Path) -> None:
     """The deeper example (8 binary layers on 16×16 digits), one epoch per phase: it trains,
     exports a model whose binary layers are exactly α·sign(W) (bsnnc finds 8), checks it
@@ -97,6 +99,7 @@ def test_train_digits_deep_runs_and_converts(tmp_path: Path) -> None:
     assert list(out.argmax(axis=1)) == facts["test_predictions"][:32]
 
 
+@pytest.mark.examples
 def test_train_digits_resnet_runs_and_imports(tmp_path: Path) -> None:
     """The residual example, one epoch per phase: both exports pass its onnxruntime check and
     import with three merges and seven binary convolutions."""
