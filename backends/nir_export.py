@@ -29,11 +29,12 @@ a warning:
   ``v_reset = 0``;
 * the initial membrane ``init·θ`` (the half-threshold start): NIR has no initial state;
 * firing at ``v ≥ θ`` (bsnnc) where NIR's text says ``v > θ``;
-* average pools with ``ceil_mode`` or padding not counted in the divisor, pools with
-  asymmetric padding.
+* average pools with padding not counted in the divisor; pools with ``ceil_mode`` or
+  asymmetric padding whose output size NIR's pool reproduces.
 
 Refused (an error naming the node): ``concat`` and ``reshape`` (no NIR node), max pooling of
-currents, asymmetric convolution padding.
+currents, asymmetric convolution padding, pools whose ``ceil_mode`` or asymmetric padding
+changes their output size (NIR has neither).
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ class _Exporter:
         self.warnings: list[str] = []
         self.users = g.users()
         self.folded_bias: set[str] = set()
+        #: IR value of a merge → the ``add`` nodes it stands for (recorded on its reader)
+        self.merges: dict[str, list[dict[str, Any]]] = {}
 
     def shape(self, value: str) -> tuple[int, ...]:
         t = self.g.node_map()[value].type
@@ -111,6 +114,9 @@ class _Exporter:
     def add(self, n: Node, name: str, node: Any, stands_for: list[Node], **extra: Any) -> None:
         """Add ``node`` for IR node ``n`` (and the IR nodes it absorbed) with its edges."""
         facts = {"nodes": [_describe(self.g, m) for m in stands_for], **extra}
+        merges = [d for v in n.value_operands() for d in self.merges.get(v, [])]
+        if merges:  # the adds whose sum this node reads, innermost first
+            facts["merges"] = merges
         node.metadata = {"bsnnc": json.dumps(facts, sort_keys=True)}
         self.nodes[name] = node
         for v in n.value_operands():
@@ -157,7 +163,9 @@ class _Exporter:
         return f"{n.op}_{n.result}"
 
     def op_input(self, n: Node) -> None:
-        self.nodes["input"] = self.nir.Input(input_type={"input": np.array(self.shape(n.result))})
+        node = self.nir.Input(input_type={"input": np.array(self.shape(n.result))})
+        node.metadata = {"bsnnc": json.dumps({"nodes": [_describe(self.g, n)]})}
+        self.nodes["input"] = node
         self.sources[n.result] = ["input"]
 
     def _weight(self, n: Node) -> np.ndarray:
@@ -191,9 +199,14 @@ class _Exporter:
         else:
             eye = np.eye(c, dtype=np.float32).reshape(c, c, 1, 1)
             node = self.nir.Conv2d(
-                input_shape=shape[1:3], weight=eye, stride=1, padding=0, dilation=1, groups=1,
+                input_shape=shape[1:3],
+                weight=eye,
+                stride=1,
+                padding=0,
+                dilation=1,
+                groups=1,
                 bias=value,
-            )  # fmt: skip
+            )
         self.add(n, self.name(n), node, [n])
 
     def op_scale(self, n: Node) -> None:
@@ -204,11 +217,23 @@ class _Exporter:
         self.add(n, self.name(n), self.nir.Scale(scale=full), [n])
 
     def _pool_checks(self, n: Node) -> tuple[int, int]:
+        """The symmetric padding NIR gets; an error when NIR's pool (floor mode, that
+        padding on both sides) would not make the IR's output size."""
         t, left, b, r = attr_ints(n.attrs, "pad")
+        x = self.g.node_map()[n.value_operands()[0]].type.shape
+        k, st = attr_ints(n.attrs, "kernel"), attr_ints(n.attrs, "stride")
+        size = [int(x[2 + i] or 0) + 2 * (t, left)[i] for i in range(2)]
+        floor = tuple((size[i] - k[i]) // st[i] + 1 for i in range(2))
+        if floor != tuple(int(d or 0) for d in n.type.shape[2:]):
+            raise BsnncError(
+                f"NIR export: {n.where()}: NIR's pool (floor mode, padding {[t, left]} on both "
+                f"sides) would make {list(floor)}, this one makes {list(n.type.shape[2:])} "
+                "(ceil_mode or asymmetric padding)"
+            )
         if (t, left) != (b, r):
             self.warn(n, f"asymmetric padding {[t, left, b, r]} exported as {[t, left]}")
         if n.attrs.get("ceil_mode"):
-            self.warn(n, "ceil_mode has no NIR attribute: exported as floor mode")
+            self.warn(n, "ceil_mode exported as floor mode (the same output size here)")
         return t, left
 
     def op_avgpool(self, n: Node) -> None:
@@ -281,6 +306,8 @@ class _Exporter:
         # NIR sums every input of a node: the merge is the reader's two incoming edges
         a, b = n.value_operands()
         self.sources[n.result] = [*self.sources[a], *self.sources[b]]
+        inner = [*self.merges.get(a, []), *self.merges.get(b, [])]
+        self.merges[n.result] = [*inner, _describe(self.g, n)]
 
     def op_readout(self, n: Node) -> None:
         shape = self.shape(n.result)

@@ -118,11 +118,15 @@ def run(args: argparse.Namespace) -> int:
 def _compile(args: argparse.Namespace) -> int:
     """Import, run the passes, write the artifact and report; returns the exit code."""
     from bsnnc.compiler.frontend.importer import import_onnx  # onnx loads only to compile
+    from bsnnc.compiler.frontend.nir_import import import_nir
 
     if sum([args.json, args.dump_ir, args.dump_program]) > 1:
         raise BsnncError("--json, --dump-ir and --dump-program all write to stdout; choose one")
     model = resolve_model(args.model)
     names = args.passes if args.passes is not None else PIPELINES[args.pipeline]
+    nir = model.suffix == ".nir"
+    if nir and args.passes is None and args.pipeline == "default":
+        names = PIPELINES["cleanup"]  # a NIR graph is spiking already
     resolve(names, REGISTRY)
     printing = args.dump_ir or args.dump_program
     out = args.output or (None if printing else Path(model.stem + ".tiles"))
@@ -130,7 +134,7 @@ def _compile(args: argparse.Namespace) -> int:
         check_replaceable(out)  # before the work, not after it
     dump = _dumper(args, ["import", *names])
     with err.status(f"importing {model.name}"):
-        graph = import_onnx(model, args.input_shape)
+        graph = import_nir(model) if nir else import_onnx(model, args.input_shape)
     dump(0, "import", graph)
     with progress_bar() as progress:
         options = replace(pass_options(args, graph), progress=progress)

@@ -9,10 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from clirun import fails, ok
+from test_tilesim import KEYS, both
 from zoo import ZOO
 
+from bsnnc.ir import print_graph
 from bsnnc.runtime.artifact import read_artifact
 from bsnnc.runtime.datasets import load_images
+from bsnnc.runtime.simulate import metrics, run_chunks
 from bsnnc.runtime.snn import SnnRuntime
 
 nir = pytest.importorskip("nir", reason="the nir extra is not installed")
@@ -37,8 +40,17 @@ def test_export_reads_back_with_types_and_bsnnc_semantics(
     path, report = _export(art, capsys)
     g = nir.read(path)  # type-checked by nir
     kinds = {type(n).__name__ for n in g.nodes.values()}
-    assert kinds == {"Input", "Conv2d", "AvgPool2d", "IF", "Flatten", "Affine", "Scale", "I",
-                     "Output"}  # fmt: skip
+    assert kinds == {
+        "Input",
+        "Conv2d",
+        "AvgPool2d",
+        "IF",
+        "Flatten",
+        "Affine",
+        "Scale",
+        "I",
+        "Output",
+    }
     ifs = {k: n for k, n in g.nodes.items() if isinstance(n, nir.IF)}
     ir = read_artifact(art).graph
     theta = [float(n.attrs["theta"]) for n in ir.nodes if n.op == "if"]
@@ -47,8 +59,12 @@ def test_export_reads_back_with_types_and_bsnnc_semantics(
     )
     for node in ifs.values():
         facts = json.loads(node.metadata["bsnnc"])
-        assert facts["semantics"] == {"reset": "subtract", "init": 0.5, "fires": "v >= theta",
-                                      "levels": 0}  # fmt: skip
+        assert facts["semantics"] == {
+            "reset": "subtract",
+            "init": 0.5,
+            "fires": "v >= theta",
+            "levels": 0,
+        }
         assert np.all(node.r == 1) and np.all(node.v_reset == 0)
     # every approximation is named: the firing rule once, reset and start per IF layer
     assert report["warnings"][0].startswith("bsnnc fires at v ≥ θ")
@@ -133,3 +149,141 @@ def test_export_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], zoo_d
     ok(["compile", zoo_data / "dense_concat.onnx", "--calib", data, "-o", cat], capsys)
     fails(["export", cat, "--nir", tmp_path / "cat.nir"], capsys, "concat", "NIR 1.0 has no node")
     assert not (tmp_path / "cat.nir").exists()
+
+
+# --- import: bsnnc compile MODEL.nir ---------------------------------------------------------
+
+
+def _round_trip(art: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    path, _ = _export(art, capsys)
+    back = art.with_name(art.stem + "_back.tiles")
+    ok(["compile", path, "-o", back], capsys)
+    return back
+
+
+@pytest.mark.parametrize("flags", [["--reset", "zero", "--v-init", "zero"], []])
+def test_round_trip_gives_the_same_ir_and_spikes(
+    flags: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    art = _compile(tmp_path, capsys, *flags)
+    back = _round_trip(art, capsys)
+    a, b = read_artifact(art), read_artifact(back)
+    assert print_graph(b.graph) == print_graph(a.graph)
+    assert b.extra["program.txt"] == a.extra["program.txt"]
+    images = load_images("digits", split="test", limit=64)
+    digests = [
+        metrics(x.graph, images, run_chunks(x.graph, images, 16, 64, None), 16, None)[
+            "spike_digest"
+        ]
+        for x in (a, b)
+    ]
+    assert digests[0] == digests[1]
+
+
+@pytest.mark.parametrize("name", ["residual", "vgg_small", "bn_bias", "matmul_reshape"])
+def test_round_trip_of_zoo_models(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], zoo_data: Path
+) -> None:
+    """Merges (two edges into one node), per-channel θ and biases, full-precision layers."""
+    art = tmp_path / f"{name}.tiles"
+    data = zoo_data / f"{name}.npz"
+    ok(["compile", zoo_data / f"{name}.onnx", "--calib", data, "-o", art], capsys)
+    back = _round_trip(art, capsys)
+    assert print_graph(read_artifact(back).graph) == print_graph(read_artifact(art).graph)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("spikingjelly") is None,
+    reason="the interop extra (spikingjelly 2.0.0) is not installed",
+)
+def test_a_spikingjelly_export_compiles_and_runs_as_in_spikingjelly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SpikingJelly's own ``export_to_nir`` (r = 1/dt) of a small IF net with a binary layer:
+    bsnnc maps it onto crossbars, both backends agree, and the predictions per step are
+    SpikingJelly's."""
+    import torch
+    from spikingjelly.activation_based import layer, neuron
+    from spikingjelly.activation_based.nir_exchange import export_to_nir
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        layer.Conv2d(1, 8, 3, padding=1, bias=False),
+        neuron.IFNode(v_threshold=1.0),
+        layer.Conv2d(8, 8, 3, padding=1, bias=False),
+        neuron.IFNode(v_threshold=2.0),
+        layer.Flatten(),
+        layer.Linear(8 * 8 * 8, 10, bias=True),
+    )
+    with torch.no_grad():
+        w = net[2].weight
+        net[2].weight.copy_(torch.sign(w) * 0.25)  # ±0.25: binary, α a power of two
+    path = tmp_path / "sj.nir"
+    nir.write(path, export_to_nir(net, torch.zeros(1, 1, 8, 8), dt=1e-4))
+    art = tmp_path / "sj.tiles"
+    ok(["compile", path, "-o", art], capsys)
+    g = read_artifact(art).graph
+    assert sum(c.type.kind.value == "bipolar" for c in g.constants.values()) == 1
+    images = load_images("digits", split="test", limit=32)
+    ref, got, _, _ = both(art, images, 16)
+    for k in KEYS:
+        assert got[k] == ref[k], k
+    theirs = []
+    with torch.no_grad():
+        total = 0.0
+        for _ in range(16):
+            total = total + net(torch.from_numpy(images.x)).double()
+            theirs.append(total.argmax(1).numpy())
+    ours = SnnRuntime(g).run(images.x, 16).final.argmax(-1)
+    assert np.array_equal(np.array(theirs), ours)
+
+
+def _nir_file(tmp_path: Path, edit: str) -> Path:
+    shape = (4,)
+    nodes = {
+        "input": nir.Input(input_type={"input": np.array(shape)}),
+        "fc": nir.Affine(weight=np.eye(4, dtype=np.float32), bias=np.zeros(4, np.float32)),
+        "lif": nir.IF(r=np.ones(4), v_threshold=np.ones(4), v_reset=np.zeros(4)),
+        "fc2": nir.Linear(weight=np.ones((2, 4), np.float32)),
+        "output": nir.Output(output_type={"output": np.array((2,))}),
+    }
+    if edit == "lif":
+        nodes["lif"] = nir.LIF(
+            tau=np.ones(4),
+            r=np.ones(4),
+            v_leak=np.zeros(4),
+            v_threshold=np.ones(4),
+            v_reset=np.zeros(4),
+        )
+    if edit == "nan":
+        nodes["lif"] = nir.IF(r=np.ones(4), v_threshold=np.full(4, np.nan), v_reset=np.zeros(4))
+    edges = [("input", "fc"), ("fc", "lif"), ("lif", "fc2"), ("fc2", "output")]
+    path = tmp_path / f"{edit}.nir"
+    nir.write(path, nir.NIRGraph(nodes=nodes, edges=edges, type_check=False))
+    if edit == "truncated":
+        path.write_bytes(path.read_bytes()[:300])
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragments"),
+    [
+        ("lif", ["node 'lif' (LIF)", "not supported"]),
+        ("nan", ["node 'lif' (IF)", "non-finite"]),
+        ("truncated", ["not a readable NIR file"]),
+    ],
+)
+def test_bad_nir_files(
+    edit: str, fragments: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _nir_file(tmp_path, edit)
+    out = tmp_path / "m.tiles"
+    fails(["compile", path, "-o", out], capsys, str(path), *fragments)
+    assert not out.exists()
+
+
+def test_a_good_hand_made_nir_file_compiles(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same graph as the bad ones, unedited: what the errors above are measured against."""
+    ok(["compile", _nir_file(tmp_path, "good"), "-o", tmp_path / "m.tiles"], capsys)
