@@ -255,9 +255,13 @@ def _nir_file(tmp_path: Path, edit: str) -> Path:
             v_threshold=np.ones(4),
             v_reset=np.zeros(4),
         )
+    if edit == "two-outputs-summed":  # the Output reads fc2 and a second layer: summed
+        nodes["fc3"] = nir.Linear(weight=np.ones((2, 4), np.float32))
     if edit == "nan":
         nodes["lif"] = nir.IF(r=np.ones(4), v_threshold=np.full(4, np.nan), v_reset=np.zeros(4))
     edges = [("input", "fc"), ("fc", "lif"), ("lif", "fc2"), ("fc2", "output")]
+    if "fc3" in nodes:
+        edges += [("lif", "fc3"), ("fc3", "output")]
     path = tmp_path / f"{edit}.nir"
     nir.write(path, nir.NIRGraph(nodes=nodes, edges=edges, type_check=False))
     if edit == "truncated":
@@ -285,5 +289,9 @@ def test_bad_nir_files(
 def test_a_good_hand_made_nir_file_compiles(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The same graph as the bad ones, unedited: what the errors above are measured against."""
+    """The same graph as the bad ones, unedited: what the errors above are measured against;
+    and with a second layer into the Output (its inputs are summed: an add)."""
     ok(["compile", _nir_file(tmp_path, "good"), "-o", tmp_path / "m.tiles"], capsys)
+    out = tmp_path / "two.tiles"
+    ok(["compile", _nir_file(tmp_path, "two-outputs-summed"), "-o", out], capsys)
+    assert [n.op for n in read_artifact(out).graph.nodes][-2:] == ["add", "readout"]
