@@ -103,12 +103,13 @@ class _Exporter:
         self.sources: dict[str, list[str]] = {}
         self.warnings: list[str] = []
         self.users = g.users()
+        self.by_result = g.node_map()
         self.folded_bias: set[str] = set()
         #: IR value of a merge → the ``add`` nodes it stands for (recorded on its reader)
         self.merges: dict[str, list[dict[str, Any]]] = {}
 
     def shape(self, value: str) -> tuple[int, ...]:
-        t = self.g.node_map()[value].type
+        t = self.by_result[value].type
         return tuple(int(d or 0) for d in t.shape[1:])
 
     def add(self, n: Node, name: str, node: Any, stands_for: list[Node], **extra: Any) -> None:
@@ -220,7 +221,7 @@ class _Exporter:
         """The symmetric padding NIR gets; an error when NIR's pool (floor mode, that
         padding on both sides) would not make the IR's output size."""
         t, left, b, r = attr_ints(n.attrs, "pad")
-        x = self.g.node_map()[n.value_operands()[0]].type.shape
+        x = self.by_result[n.value_operands()[0]].type.shape
         k, st = attr_ints(n.attrs, "kernel"), attr_ints(n.attrs, "stride")
         size = [int(x[2 + i] or 0) + 2 * (t, left)[i] for i in range(2)]
         floor = tuple((size[i] - k[i]) // st[i] + 1 for i in range(2))
@@ -253,7 +254,7 @@ class _Exporter:
         self.add(n, self.name(n), node, [n])
 
     def op_maxpool(self, n: Node) -> None:
-        src = self.g.node_map()[n.value_operands()[0]]
+        src = self.by_result[n.value_operands()[0]]
         if src.type.kind != Kind.SPIKE:
             raise BsnncError(
                 f"NIR export: {n.where()}: max pooling of currents has no NIR node (max "

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,7 +29,7 @@ def _compile(tmp_path: Path, capsys: pytest.CaptureFixture[str], *flags: str) ->
     return out
 
 
-def _export(art: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, dict]:  # type: ignore[type-arg]
+def _export(art: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, dict[str, Any]]:
     path = art.with_suffix(".nir")
     out, _ = ok(["export", art, "--nir", path, "--json"], capsys)
     return path, json.loads(out)
@@ -96,8 +98,8 @@ def _spikingjelly_run(path: Path, x: np.ndarray, steps: int) -> tuple[np.ndarray
     model = import_from_nir(nir.NIRGraph(nodes=nodes, edges=edges, type_check=False), dt=1.0)
     counts: dict[str, int] = {}
 
-    def hook(name: str):  # type: ignore[no-untyped-def]
-        def record(module, inputs, output) -> None:  # type: ignore[no-untyped-def]
+    def hook(name: str) -> Callable[[Any, Any, Any], None]:
+        def record(module: Any, inputs: Any, output: Any) -> None:
             spikes = output[0] if isinstance(output, tuple) else output
             counts[name] = counts.get(name, 0) + int(spikes.sum().item())
 

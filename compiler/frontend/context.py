@@ -58,6 +58,11 @@ class Ctx:
                 return helper.get_attribute_value(a)
         return default
 
+    def str_attr(self, name: str, default: str) -> str:
+        """A string attribute of the current node (ONNX stores them as bytes)."""
+        v = self.attr(name, default)
+        return v.decode() if isinstance(v, bytes) else str(v)
+
     def inputs(self) -> list[str]:
         """Input names of the current node (empty strings for omitted optional inputs)."""
         assert self.node is not None

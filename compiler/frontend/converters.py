@@ -145,10 +145,7 @@ def conv_concat(ctx: Ctx) -> None:
     axis = int(ctx.attr("axis", 1))
     if axis % rank != 1 or rank < 2:
         raise ctx.fail(f"Concat is supported along the channels (axis 1) only, got axis={axis}")
-    y = values[0]
-    for v in values[1:]:
-        y = ctx.emit("concat", [y, v])
-    ctx.bind(0, y)
+    ctx.bind(0, _chain(ctx, "concat", values))
 
 
 def _merge(ctx: Ctx, names: list[str]) -> str:
@@ -160,9 +157,14 @@ def _merge(ctx: Ctx, names: list[str]) -> str:
         raise ctx.fail(
             f"a merge of computed tensors must have one shape (no broadcasting), got {got}"
         )
+    return _chain(ctx, "add", values)
+
+
+def _chain(ctx: Ctx, op: str, values: list[str]) -> str:
+    """``op`` (a binary merge) over ``values`` left to right: ``op(op(v₀, v₁), v₂) …``."""
     y = values[0]
     for v in values[1:]:
-        y = ctx.emit("add", [y, v])
+        y = ctx.emit(op, [y, v])
     return y
 
 
@@ -209,8 +211,7 @@ def conv_relu(ctx: Ctx) -> None:
 
 
 def _same_pads(ctx: Ctx, x: str, k: list[int], s: list[int], d: list[int]) -> list[int]:
-    mode = ctx.attr("auto_pad", b"NOTSET")
-    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    mode = ctx.str_attr("auto_pad", "NOTSET")
     if mode in ("NOTSET", ""):
         pads = list(ctx.attr("pads", [0, 0, 0, 0]))
         if len(pads) != 4:

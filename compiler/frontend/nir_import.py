@@ -94,14 +94,21 @@ class _Importer:
                     z if a in g.nodes else a, "an edge names a node that is not in the graph"
                 )
             self.inputs[z].append(a)
-        self.dt = self._dt()
+        self._check_r()
+        #: bsnnc's metadata of each node, parsed once
+        self.facts = {k: _facts(n) for k, n in g.nodes.items()}
+        #: SumPool2d nodes that are bsnnc max pools (their Threshold completes them)
+        self.or_of: set[str] = set()
+        #: I nodes (readouts)
+        self.readouts: set[str] = set()
 
     def fail(self, name: str, msg: str) -> NirImportError:
         node = self.src.nodes.get(name)
         kind = type(node).__name__ if node is not None else "?"
         return NirImportError(f"{self.path}: node '{name}' ({kind}): {msg}")
 
-    def _dt(self) -> float:
+    def _check_r(self) -> None:
+        """Every IF and I shares one r: bsnnc steps them with dt = 1/r (``v += I``)."""
         rs = {
             float(np.asarray(n.r).reshape(-1)[0])
             for n in self.src.nodes.values()
@@ -118,33 +125,27 @@ class _Importer:
         r = rs.pop() if rs else 1.0
         if not (np.isfinite(r) and r > 0):
             raise NirImportError(f"{self.path}: r = {r} (must be finite and > 0)")
-        return 1.0 / r
 
     def order(self) -> list[str]:
         """Nodes in an order every edge respects (bsnnc's exports: the IR's own order)."""
-        deps = {k: set(v) for k, v in self.inputs.items()}
+        sorter = TopologicalSorter({k: set(v) for k, v in self.inputs.items()})
         try:
-            TopologicalSorter(deps).prepare()
+            sorter.prepare()
         except CycleError:
             raise NirImportError(
                 f"{self.path}: the graph has a cycle (recurrent NIR graphs are not supported)"
             ) from None
+        rank = {k: self._rank(k) for k in self.inputs}
         done: list[str] = []
-        ready = sorted(k for k, v in deps.items() if not v)
-        left = {k: set(v) for k, v in deps.items()}
-        while ready:
-            ready.sort(key=self._rank)
-            k = ready.pop(0)
-            done.append(k)
-            for z, v in left.items():
-                if k in v:
-                    v.discard(k)
-                    if not v and z not in done and z not in ready:
-                        ready.append(z)
+        ready: list[str] = []
+        while sorter.is_active():
+            ready = sorted([*ready, *sorter.get_ready()], key=rank.__getitem__)
+            done.append(ready.pop(0))
+            sorter.done(done[-1])
         return done
 
     def _rank(self, name: str) -> tuple[int, str]:
-        nodes = _facts(self.src.nodes[name]).get("nodes") or []
+        nodes = self.facts[name].get("nodes") or []
         first = nodes[0]["result"] if nodes else ""
         return (int(first) if str(first).isdigit() else -1, name)
 
@@ -175,7 +176,7 @@ class _Importer:
         srcs = self.inputs[name]
         if not srcs:
             raise self.fail(name, "has no input")
-        adds = _facts(self.src.nodes[name]).get("merges", [])
+        adds = self.facts[name].get("merges", [])
         x = self.env[srcs[0]]
         for i, s in enumerate(srcs[1:]):
             loc = adds[i]["loc"] if i < len(adds) else name
@@ -183,7 +184,7 @@ class _Importer:
         return x
 
     def _desc(self, name: str, op: str) -> dict[str, Any] | None:
-        for d in _facts(self.src.nodes[name]).get("nodes", []):
+        for d in self.facts[name].get("nodes", []):
             if d.get("op") == op:
                 return dict(d)
         return None
@@ -314,7 +315,7 @@ class _Importer:
     def node_SumPool2d(self, name: str, node: Any) -> None:
         if self._desc(name, "maxpool") is not None:
             self.env[name] = self._emit(name, "maxpool", [self._x(name)], self._pool(name, node))
-            self._or_of = getattr(self, "_or_of", set()) | {name}
+            self.or_of.add(name)
             return
         attrs = {**self._pool(name, node), "count_include_pad": True}
         y = self.b.add("avgpool", [self._x(name)], attrs, loc=name)
@@ -324,7 +325,7 @@ class _Importer:
 
     def node_Threshold(self, name: str, node: Any) -> None:
         srcs = self.inputs[name]
-        if len(srcs) == 1 and srcs[0] in getattr(self, "_or_of", set()):
+        if len(srcs) == 1 and srcs[0] in self.or_of:
             self.env[name] = self.env[srcs[0]]  # the max pool of spikes it completes
             return
         raise self.fail(name, "a Threshold is supported only after bsnnc's max-pool SumPool2d")
@@ -383,12 +384,12 @@ class _Importer:
         x = self._x(name)
         d = self._desc(name, "readout")
         self.env[name] = self.b.add("readout", [x], loc=(d or {}).get("loc") or name)
-        self._readouts = getattr(self, "_readouts", set()) | {name}
+        self.readouts.add(name)
 
     def _readout(self, output: str) -> str:
         """The graph output: an ``I`` that alone feeds it, else a readout of its input."""
         srcs = self.inputs[output]
-        if len(srcs) == 1 and srcs[0] in getattr(self, "_readouts", set()):
+        if len(srcs) == 1 and srcs[0] in self.readouts:
             return self.env[srcs[0]]
         x = self._x(output)
         if self.b.type_of(x).kind == Kind.SPIKE:

@@ -63,11 +63,6 @@ _ROUNDING: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def _str_attr(ctx: Ctx, name: str, default: str) -> str:
-    v = ctx.attr(name, default)
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 @dataclass(frozen=True)
 class QuantParams:
     """The constant operands and attributes of a QONNX ``Quant``."""
@@ -94,7 +89,7 @@ def _quant_params(ctx: Ctx) -> QuantParams:
         raise ctx.fail(f"bit width {bits} is not supported (1..16)")
     if np.any(scale <= 0):
         raise ctx.fail(f"scale must be > 0, got {scale.reshape(-1)[:4].tolist()}")
-    rounding = _str_attr(ctx, "rounding_mode", "ROUND").upper()
+    rounding = ctx.str_attr("rounding_mode", "ROUND").upper()
     if rounding not in _ROUNDING:
         raise ctx.fail(f"rounding_mode {rounding} is unknown (known: {', '.join(_ROUNDING)})")
     signed, narrow = bool(ctx.attr("signed", 1)), bool(ctx.attr("narrow", 0))
