@@ -12,7 +12,10 @@ conv2d             ``Conv2d`` (±1 weights as ±1.0; ``bias`` = the constant cur
 dense              ``Affine`` (same for ``bias``)
 bias (other)       a 1×1 identity ``Conv2d`` / identity ``Affine`` carrying the bias
 scale              ``Scale`` (the factor per element)
-avgpool            ``AvgPool2d``; ``global_avgpool`` an ``AvgPool2d`` over the whole map
+avgpool            ``AvgPool2d``; ``global_avgpool`` an ``AvgPool2d`` over the whole map;
+                   with ``sum_pools`` (for importers without ``AvgPool2d``) a ``SumPool2d``
+                   and the reading IF's θ times the window size k = kh·kw: Σx ≥ k·θ ⇔
+                   Σx/k ≥ θ, exact in floating point for k a power of two (others refused)
 maxpool (spikes)   ``SumPool2d`` then ``Threshold`` 0.5: the OR of 0/1 spikes, exactly
 flatten            ``Flatten`` (per-sample dims)
 if                 ``IF`` (r = 1, θ per neuron, v_reset = 0)
@@ -95,8 +98,10 @@ def _sym_pad(n: Node, what: str) -> tuple[int, int]:
 
 
 class _Exporter:
-    def __init__(self, g: Graph) -> None:
-        self.g, self.nir = g, _nir()
+    def __init__(self, g: Graph, sum_pools: bool) -> None:
+        self.g, self.nir, self.sum_pools = g, _nir(), sum_pools
+        #: IF result → the window size of the sum pool that feeds it (θ multiplied by it)
+        self.theta_factor: dict[str, int] = {}
         self.nodes: dict[str, Any] = {}
         self.edges: list[tuple[str, str]] = []
         #: IR value → the NIR nodes whose outputs sum to it
@@ -237,8 +242,41 @@ class _Exporter:
             self.warn(n, "ceil_mode exported as floor mode (the same output size here)")
         return t, left
 
+    def _sum_pool(self, n: Node, kernel: tuple[int, int], pad: tuple[int, int]) -> bool:
+        """With ``sum_pools``: the average pool as ``SumPool2d``, 1/(kh·kw) folded into the θ
+        of the IF that alone reads it (exact: the window size is a power of two)."""
+        if not self.sum_pools:
+            return False
+        readers = self.users.get(n.result, [])
+        size = kernel[0] * kernel[1]
+        if len(readers) != 1 or readers[0].op != "if" or n.result in self.g.outputs:
+            raise BsnncError(
+                f"NIR export: {n.where()}: --sum-pools folds an average pool's 1/(kh·kw) into "
+                "the θ of the IF layer that alone reads it; this pool has no such reader"
+            )
+        if size & (size - 1):
+            raise BsnncError(
+                f"NIR export: {n.where()}: --sum-pools needs a power-of-two window (θ·{size} "
+                f"is not exact for a {kernel[0]}×{kernel[1]} window)"
+            )
+        if any(pad) and not n.attrs.get("count_include_pad", True):
+            raise BsnncError(
+                f"NIR export: {n.where()}: --sum-pools: padding not counted in the divisor "
+                "makes the divisor vary at the border"
+            )
+        stride = kernel if n.op == "global_avgpool" else attr_ints(n.attrs, "stride")
+        node = self.nir.SumPool2d(
+            kernel_size=np.array(kernel), stride=np.array(stride), padding=np.array(pad)
+        )
+        self.add(n, self.name(n), node, [n])
+        self.theta_factor[readers[0].result] = size
+        return True
+
     def op_avgpool(self, n: Node) -> None:
         pad = self._pool_checks(n)
+        k = attr_ints(n.attrs, "kernel")
+        if self._sum_pool(n, (k[0], k[1]), pad):
+            return
         if any(pad) and not n.attrs.get("count_include_pad"):
             self.warn(n, "padding not counted in the divisor: NIR's AvgPool2d counts it")
         node = self.nir.AvgPool2d(
@@ -250,6 +288,8 @@ class _Exporter:
 
     def op_global_avgpool(self, n: Node) -> None:
         hw = np.array(self.shape(n.value_operands()[0])[1:3])
+        if self._sum_pool(n, (int(hw[0]), int(hw[1])), (0, 0)):
+            return
         node = self.nir.AvgPool2d(kernel_size=hw, stride=hw, padding=np.array([0, 0]))
         self.add(n, self.name(n), node, [n])
 
@@ -285,16 +325,19 @@ class _Exporter:
         shape = self.shape(n.result)
         theta = np.asarray(channel_param(self.g, n, "theta"), np.float64).reshape(-1)
         per = theta.reshape((-1,) + (1,) * (len(shape) - 1)) if theta.size > 1 else theta
-        full = np.ascontiguousarray(np.broadcast_to(per.astype(np.float32), shape))
+        factor = self.theta_factor.get(n.result, 1)
+        full = np.ascontiguousarray(np.broadcast_to((per * factor).astype(np.float32), shape))
         node = self.nir.IF(
             r=np.ones(shape, np.float32), v_threshold=full, v_reset=np.zeros(shape, np.float32)
         )
-        semantics = {
+        semantics: dict[str, Any] = {
             "reset": str(n.attrs["reset"]),
             "init": if_init(n.attrs),
             "fires": "v >= theta",
             "levels": if_levels(n.attrs),
         }
+        if factor != 1:  # the sum pool before it: θ·(kh·kw) in NIR, θ in bsnnc
+            semantics["theta_factor"] = factor
         self.add(n, self.name(n), node, [n], semantics=semantics)
         if np.any(theta.astype(np.float32).astype(np.float64) != theta):
             self.warn(n, "θ rounded to float32 (NIR stores float32 parameters here)")
@@ -315,14 +358,14 @@ class _Exporter:
         self.add(n, self.name(n), self.nir.I(r=np.ones(shape, np.float32)), [n])
 
 
-def to_nir(g: Graph) -> NirExport:
+def to_nir(g: Graph, sum_pools: bool = False) -> NirExport:
     """The NIR graph of a spiking graph ``g`` (see the module docstring); raises
     :class:`BsnncError` naming the node for what NIR cannot express. Every approximation is
     listed in the result's ``warnings``; bsnnc's firing rule (v ≥ θ, NIR's text: v > θ) is
     always the first."""
     if not any(n.op == "readout" for n in g.nodes):
         raise BsnncError("NIR export needs a spiking graph (compile the model first)")
-    out = _Exporter(g).run()
+    out = _Exporter(g, sum_pools).run()
     out.warnings.insert(
         0,
         "bsnnc fires at v ≥ θ; NIR's IF text says v > θ (the same unless a membrane lands "

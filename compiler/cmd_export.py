@@ -27,6 +27,13 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("artifact", type=Path, help="a .tiles artifact (bsnnc compile)")
     p.add_argument("--nir", type=Path, required=True, metavar="OUT.nir", help="the NIR file")
+    p.add_argument(
+        "--sum-pools",
+        action="store_true",
+        help="write each average pool as SumPool2d and multiply the θ of the IF layer that "
+        "reads it by the window size (exact; power-of-two windows): for importers without "
+        "AvgPool2d (Norse, sinabs)",
+    )
     p.add_argument("--json", action="store_true", help="print the warnings as JSON to stdout")
     p.set_defaults(func=run)
 
@@ -34,7 +41,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``export``; returns the exit code."""
     art = read_artifact(args.artifact)
-    exported = to_nir(art.graph)
+    exported = to_nir(art.graph, sum_pools=args.sum_pools)
     import nir  # to_nir has checked that it is installed
 
     if args.nir.suffix != ".nir":

@@ -42,6 +42,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "networks: ~45 s, torch; CI runs them)",
     )
     parser.addoption(
+        "--peers",
+        action="store_true",
+        default=False,
+        help="also run the tests marked 'peers' (recompute the README's NIR importer table in "
+        "SpikingJelly, Norse, sinabs and snnTorch: ~40 s, the interop extra; CI runs them)",
+    )
+    parser.addoption(
         "--mutations",
         type=int,
         default=None,
@@ -52,10 +59,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``retrain`` run only with ``--retrain``, ``examples`` only with
-    ``--examples``."""
+    ``--examples``, ``peers`` only with ``--peers``."""
     reasons = {
         "retrain": "retrains the digits model: run with --retrain",
         "examples": "a short training run of an example network: run with --examples",
+        "peers": "recomputes the README's NIR importer table: run with --peers",
     }
     for marker, reason in reasons.items():
         if config.getoption(f"--{marker}"):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from clirun import fails, ok
+from nir_peers import run_spikingjelly
 from test_tilesim import KEYS, both
 from zoo import ZOO
 
@@ -83,40 +83,6 @@ def test_reset_zero_empty_start_needs_no_approximation(
     assert len(report["warnings"]) == 1  # only the firing rule's wording
 
 
-def _spikingjelly_run(path: Path, x: np.ndarray, steps: int) -> tuple[np.ndarray, list[int]]:
-    """Predictions per step and spikes per IF layer of SpikingJelly 2.0's NIR import (dt = 1).
-    Its importer maps neither NIR's integrator ``I`` nor ``Scale``: the readout is dropped and
-    the last layer's per-step output summed here (a positive scale changes no argmax)."""
-    import torch
-    from spikingjelly.activation_based.nir_exchange import import_from_nir
-
-    g = nir.read(path)
-    drop = {k for k, v in g.nodes.items() if isinstance(v, nir.I | nir.Scale)}
-    last = next(a for a, b in g.edges if b in drop and a not in drop)
-    edges = [e for e in g.edges if drop.isdisjoint(e)] + [(last, "output")]
-    nodes = {k: v for k, v in g.nodes.items() if k not in drop}
-    model = import_from_nir(nir.NIRGraph(nodes=nodes, edges=edges, type_check=False), dt=1.0)
-    counts: dict[str, int] = {}
-
-    def hook(name: str) -> Callable[[Any, Any, Any], None]:
-        def record(module: Any, inputs: Any, output: Any) -> None:
-            spikes = output[0] if isinstance(output, tuple) else output
-            counts[name] = counts.get(name, 0) + int(spikes.sum().item())
-
-        return record
-
-    for name, module in model.named_modules():
-        if type(module).__name__ == "_NIRStatefulModule":
-            module.register_forward_hook(hook(name))
-    state, total, preds = None, 0.0, []
-    with torch.no_grad():
-        for _ in range(steps):
-            out, state = model(torch.from_numpy(x), state)
-            total = total + out.double()
-            preds.append(total.argmax(1).numpy())
-    return np.array(preds), [counts[k] for k in sorted(counts, key=lambda k: int(k.split("_")[-1]))]
-
-
 @pytest.mark.skipif(
     importlib.util.find_spec("spikingjelly") is None
     or importlib.util.find_spec("nirtorch") is None,
@@ -130,7 +96,7 @@ def test_spikingjelly_runs_the_reset_zero_export_with_the_same_predictions(
     art = _compile(tmp_path, capsys, "--reset", "zero", "--v-init", "zero")
     path, _ = _export(art, capsys)
     images = load_images("digits", split="test", limit=150)
-    theirs, their_spikes = _spikingjelly_run(path, images.x, 64)
+    theirs, their_spikes = run_spikingjelly(path, images.x, 64)
     g = read_artifact(art).graph
     trace = SnnRuntime(g).run(images.x, 64)
     ours = trace.final.argmax(-1)
@@ -153,22 +119,64 @@ def test_export_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], zoo_d
     assert not (tmp_path / "cat.nir").exists()
 
 
+def test_sum_pools_fold_the_window_into_theta(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--sum-pools``: no AvgPool2d left; the IF after each 2×2 sum pool has 4·θ."""
+    art = _compile(tmp_path, capsys, "--reset", "zero", "--v-init", "zero")
+    plain = nir.read(_export(art, capsys)[0])
+    path = tmp_path / "sum.nir"
+    ok(["export", art, "--nir", path, "--sum-pools"], capsys)
+    g = nir.read(path)
+    assert not any(isinstance(n, nir.AvgPool2d) for n in g.nodes.values())
+    pools = [k for k, n in g.nodes.items() if isinstance(n, nir.SumPool2d)]
+    assert len(pools) == 2 and g.edges == plain.edges
+    after = {b for a, b in g.edges if a in pools}
+    for name, node in g.nodes.items():
+        if isinstance(node, nir.IF):
+            want = plain.nodes[name].v_threshold * (4 if name in after else 1)
+            assert np.array_equal(node.v_threshold, want), name
+
+
+def test_sum_pools_refuses_what_it_cannot_fold(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], zoo_data: Path
+) -> None:
+    for name, fragments in [
+        ("avg_after_relu", ["%4 = avgpool", "power-of-two window", "3×3"]),
+        ("residual", ["global_avgpool", "IF layer that alone reads it"]),
+    ]:
+        art = tmp_path / f"{name}.tiles"
+        data = zoo_data / f"{name}.npz"
+        ok(["compile", zoo_data / f"{name}.onnx", "--calib", data, "-o", art], capsys)
+        out = tmp_path / f"{name}.nir"
+        fails(["export", art, "--nir", out, "--sum-pools"], capsys, *fragments)
+        assert not out.exists()
+
+
 # --- import: bsnnc compile MODEL.nir ---------------------------------------------------------
 
 
-def _round_trip(art: Path, capsys: pytest.CaptureFixture[str]) -> Path:
-    path, _ = _export(art, capsys)
+def _round_trip(art: Path, capsys: pytest.CaptureFixture[str], *flags: str) -> Path:
+    path = art.with_suffix(".nir")
+    ok(["export", art, "--nir", path, *flags], capsys)
     back = art.with_name(art.stem + "_back.tiles")
     ok(["compile", path, "-o", back], capsys)
     return back
 
 
-@pytest.mark.parametrize("flags", [["--reset", "zero", "--v-init", "zero"], []])
+@pytest.mark.parametrize(
+    ("flags", "export"),
+    [
+        (["--reset", "zero", "--v-init", "zero"], []),
+        ([], []),
+        (["--norm", "channel"], ["--sum-pools"]),  # θ per channel, the window divided out
+    ],
+)
 def test_round_trip_gives_the_same_ir_and_spikes(
-    flags: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    flags: list[str], export: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     art = _compile(tmp_path, capsys, *flags)
-    back = _round_trip(art, capsys)
+    back = _round_trip(art, capsys, *export)
     a, b = read_artifact(art), read_artifact(back)
     assert print_graph(b.graph) == print_graph(a.graph)
     assert b.extra["program.txt"] == a.extra["program.txt"]
@@ -182,15 +190,25 @@ def test_round_trip_gives_the_same_ir_and_spikes(
     assert digests[0] == digests[1]
 
 
-@pytest.mark.parametrize("name", ["residual", "vgg_small", "bn_bias", "matmul_reshape"])
+@pytest.mark.parametrize(
+    ("name", "export"),
+    [
+        ("residual", []),
+        ("vgg_small", []),
+        ("bn_bias", []),
+        ("matmul_reshape", []),
+        ("vgg_small", ["--sum-pools"]),
+        ("gap_binary", ["--sum-pools"]),  # a global average pool as a SumPool2d
+    ],
+)
 def test_round_trip_of_zoo_models(
-    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], zoo_data: Path
+    name: str, export: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], zoo_data: Path
 ) -> None:
     """Merges (two edges into one node), per-channel θ and biases, full-precision layers."""
     art = tmp_path / f"{name}.tiles"
     data = zoo_data / f"{name}.npz"
     ok(["compile", zoo_data / f"{name}.onnx", "--calib", data, "-o", art], capsys)
-    back = _round_trip(art, capsys)
+    back = _round_trip(art, capsys, *export)
     assert print_graph(read_artifact(back).graph) == print_graph(read_artifact(art).graph)
 
 

@@ -13,7 +13,9 @@ bsnnc r = 1). Node by node:
   crossbar layer — with the factor as a ``scale``; other weights stay full precision;
 * ``AvgPool2d`` → ``avgpool``; ``SumPool2d`` → ``avgpool`` then ``scale`` by the window size
   (``SumPool2d`` then ``Threshold`` 0.5 — bsnnc's export of a max pool of spikes — →
-  ``maxpool``); ``Flatten`` → ``flatten``; ``Scale`` → ``scale`` (per tensor or per channel);
+  ``maxpool``; bsnnc's ``--sum-pools`` export: the average pool again, the window divided
+  out of the reading IF's θ); ``Flatten`` → ``flatten``; ``Scale`` → ``scale`` (per tensor
+  or per channel);
 * ``IF`` → ``if`` (θ per layer or per channel; ``v_reset`` must be 0: reset ``zero``);
 * a node with several inputs sums them: ``add``.
 
@@ -318,6 +320,10 @@ class _Importer:
             self.or_of.add(name)
             return
         attrs = {**self._pool(name, node), "count_include_pad": True}
+        for op in ("avgpool", "global_avgpool"):  # bsnnc's export with --sum-pools
+            if self._desc(name, op) is not None:
+                self.env[name] = self._emit(name, op, [self._x(name)], attrs)
+                return
         y = self.b.add("avgpool", [self._x(name)], attrs, loc=name)
         k = attrs["kernel"]
         assert isinstance(k, tuple)
@@ -369,8 +375,11 @@ class _Importer:
             raise self.fail(name, "θ per neuron (not per layer or channel) is not supported")
         if d is not None:
             ops = [x]
+            # --sum-pools: the sum pool's window (a power of two) multiplies θ in the file
+            factor = float(self.facts[name].get("semantics", {}).get("theta_factor", 1))
             if d.get("consts"):
-                ops.append(self.b.const(d["consts"][0], Kind.F32, chans.astype(np.float32)))
+                exact = (chans / factor).astype(np.float32)
+                ops.append(self.b.const(d["consts"][0], Kind.F32, exact))
             self.env[name] = self.b.add("if", ops, _attrs(d), loc=d.get("loc") or name)
         elif np.all(chans == chans[0]):
             attrs: Attrs = {"theta": float(chans[0]), "reset": "zero", "axis": 1}
