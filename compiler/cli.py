@@ -1,7 +1,8 @@
 """The ``bsnnc`` command line.
 
 Exit codes: 0 success; 1 a check failed (e.g. ``verify`` over tolerance); 2 bad input or
-usage (the message names the place: ONNX node and op, IR line:column, artifact member);
+usage (the message names the place: ONNX node and op, IR line:column, artifact member); 3 the
+Ray cluster failed a ``simulate --executor ray`` run;
 130 interrupted (Ctrl-C, SIGINT); 143 terminated (SIGTERM). Either signal unwinds the command
 like an error, so temporary files are removed, and ends with one line, no traceback.
 """
@@ -58,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bsnnc",
         description="Compile binary-weight CNNs (ONNX) into binary spiking networks for RRAM "
         "in-memory-computing crossbars, and check every step against a numpy reference.",
-        epilog="exit codes: 0 ok, 1 a check failed, 2 bad input or usage",
+        epilog="exit codes: 0 ok, 1 a check failed, 2 bad input or usage, 3 the Ray cluster "
+        "failed (simulate --executor ray)",
     )
     p.add_argument("--version", action="version", version=f"bsnnc {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -14,7 +13,6 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from bsnnc.backends.rram.cost import Counters
 from bsnnc.backends.rram.energy import (
     DEFAULT_ENERGY,
     ENERGY_SETS,
@@ -39,11 +37,10 @@ from bsnnc.ir.errors import BsnncError
 from bsnnc.ir.graph import Graph
 from bsnnc.ir.io import atomic_write, check_replaceable
 from bsnnc.runtime.artifact import Artifact, read_artifact
-from bsnnc.runtime.datasets import NAMED, Images, load_images
+from bsnnc.runtime.datasets import EMBEDDED, NAMED, ImageSource, data_dir, load_images
 
 if TYPE_CHECKING:  # the simulators load onnxruntime: imported when a command runs
-    from bsnnc.backends.rram.sim import NonIdeal, TileSimulator
-    from bsnnc.runtime.snn import SnnTrace
+    from bsnnc.backends.rram.sim import NonIdeal
 
 #: options of ``bsnnc compile`` that change the artifact (flag → takes a value): given to
 #: ``simulate`` they fail with "recompile with …" instead of argparse's bare "unrecognized
@@ -79,6 +76,8 @@ MAX_TIMESTEPS = 1_000_000
 MAX_ADC_BITS = 32
 MAX_VARIATION = 10.0
 MIN_MEMORY, MAX_MEMORY = 16 << 20, 1 << 40
+MAX_SHARDS = 100_000
+MAX_RETRIES = 100
 
 
 class CompileOnlyAction(argparse.Action):
@@ -210,6 +209,35 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--data-dir", help="directory of cifar/imagenet data (default: $BSNNC_DATA or ./data)"
     )
+    ex = p.add_argument_group("executor (where the images run)")
+    ex.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process; ray: shards of the image set as Ray tasks, merged into the "
+        "same JSON (pip install 'bsnnc[ray]'; default: %(default)s)",
+    )
+    ex.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="the Ray cluster to join, e.g. 10.0.0.1:6379 or auto (default: start a local "
+        "Ray instance for this run)",
+    )
+    ex.add_argument(
+        "--shards",
+        type=int_in(1, MAX_SHARDS),
+        metavar="N",
+        help=f"contiguous image ranges, one Ray task each (1..{MAX_SHARDS:,}; default: the "
+        "cluster's CPUs)",
+    )
+    ex.add_argument(
+        "--retries",
+        type=int_in(0, MAX_RETRIES),
+        default=3,
+        metavar="N",
+        help=f"times a shard whose worker process died is rerun (0..{MAX_RETRIES}; default: "
+        "%(default)s)",
+    )
     p.add_argument("--no-ann", action="store_true", help="skip the ANN accuracy")
     p.add_argument("--json", action="store_true", help="print one JSON object to stdout")
     p.add_argument(
@@ -227,7 +255,7 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _images(args: argparse.Namespace, meta: dict[str, Any]) -> Images:
+def _image_spec(args: argparse.Namespace, meta: dict[str, Any]) -> str:
     """``--images``, else the test split of the artifact's data set, else (an .npz) the
     calibration images themselves, with a warning."""
     spec = args.images or meta.get("dataset")
@@ -241,7 +269,7 @@ def _images(args: argparse.Namespace, meta: dict[str, Any]) -> Images:
             markup=False,
             highlight=False,
         )
-    return load_images(spec, split="test", limit=args.limit, root=args.data_dir)
+    return str(spec)
 
 
 def _check_artifact_path(path: Path) -> None:
@@ -269,79 +297,86 @@ def _spiking_graph(art: Artifact, path: Path) -> Graph:
 def run(args: argparse.Namespace) -> int:
     """Run ``simulate``; returns the exit code."""
     from bsnnc.backends.rram.report import rram_report
-    from bsnnc.backends.rram.sim import TileSimulator
-    from bsnnc.runtime.simulate import (
-        ann_accuracy,
-        chunk_size,
-        conversion_summary,
-        metrics,
-        plan,
-        run_chunks,
-    )
+    from bsnnc.compiler.shards import SimOptions, run_shard, tile_simulator
+    from bsnnc.runtime.simulate import conversion_summary, metrics
 
     _check_artifact_path(args.artifact)
-    nonideal = _nonideal(args)
-    hw = _hw(args)
+    _check_executor(args)
+    opts = SimOptions(
+        args.timesteps,
+        args.batch,
+        args.max_memory,
+        args.early_exit,
+        args.backend,
+        _nonideal(args),
+        _hw(args),
+        args.hw,
+        not args.no_ann,
+    )
     plt = _pyplot(args.plot)
     art = read_artifact(args.artifact)
     g = _spiking_graph(art, args.artifact)
     if args.backend == "numpy":  # the rram backend validates its program itself
         check_artifact(art, str(args.artifact))
-    images = check_images(_images(args, art.meta), g, "--images")
-    if args.plot is not None and images.y is None:
-        raise BsnncError(f"--plot needs labelled images ({images.name} has no y)")
-    T = args.timesteps
-    sim = (
-        TileSimulator(art, str(args.artifact), hw, nonideal=nonideal, hw_spec=args.hw)
-        if args.backend == "rram"
-        else None
-    )
+    spec = _image_spec(args, art.meta)
+    sim = tile_simulator(art, str(args.artifact), opts)
     energy = None
     if sim is not None:  # a bad table fails now, not after the simulation
         origin = "--energy" if args.energy else f"energy table of hardware {sim.hw.name}:"
         energy = load_energy(args.energy or sim.hw.energy, origin)
-    per_step = sim.bytes_per_step() if sim is not None else 0
-    size, window = plan(g, T, args.batch, args.max_memory, per_step)
-    t0 = time.perf_counter()
-    with Progress(
-        TextColumn("simulating"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    ) as bar:
-        task = bar.add_task("", total=len(images))
-        counters = Counters.zeros(T)
-        runner = _runner(g, sim, counters, args.early_exit, window)
-        chunks = run_chunks(
-            g, images, T, size, args.early_exit, lambda n: bar.advance(task, n), runner
-        )
-    seconds = time.perf_counter() - t0
-    out = metrics(g, images, chunks, T, args.early_exit)
+    with _progress_bar() as bar:
+        if args.executor == "ray":
+            from bsnnc.compiler.ray_executor import RaySettings, run_on_ray
+
+            settings = RaySettings(args.address, args.shards, args.retries)
+            result, executor = run_on_ray(args.artifact, opts, _source(args, spec), settings, bar)
+            seconds = float(executor["seconds"])
+        else:
+            images = check_images(
+                load_images(spec, split="test", limit=args.limit, root=args.data_dir),
+                g,
+                "--images",
+            )
+            if args.plot is not None and images.y is None:
+                raise BsnncError(f"--plot needs labelled images ({images.name} has no y)")
+            task = bar.add_task("", total=len(images))
+            result = run_shard(g, sim, opts, images, lambda n: bar.advance(task, n))
+            seconds = result.seconds
+            executor = {
+                "kind": "local",
+                "shards": 1,
+                "nodes": 1,
+                "seconds_per_shard": [round(seconds, 3)],
+            }
+    if args.plot is not None and result.labels is None:
+        raise BsnncError(f"--plot needs labelled images ({result.name} has no y)")
+    out = metrics(g, Labels(result.labels), result.chunks, opts.timesteps, args.early_exit)
     ann = None
-    if not args.no_ann:  # one step per image, in chunks of the same budget
-        ann = ann_accuracy(g, images, chunk_size(g, 1, args.batch, args.max_memory))[0]
+    if result.ann_predictions is not None and result.labels is not None:
+        ann = float(np.mean(result.ann_predictions == result.labels))
     conversion_summary(out, ann)
+    n_images = len(result.chunks.image_digests)
     out.update(
         {
             "backend": args.backend,
             "artifact": str(args.artifact),
-            "images_source": images.name,
+            "images_source": result.name,
             "seconds": round(seconds, 3),
-            "image_timesteps_per_second": round(len(images) * T / seconds, 1) if seconds else None,
+            "image_timesteps_per_second": round(n_images * opts.timesteps / seconds, 1)
+            if seconds
+            else None,
             "reset": art.meta.get("conversion", {}).get("reset"),
             # artifacts from before --v-init started every membrane empty
             "v_init": art.meta.get("conversion", {}).get("v_init", 0.0),
             "evaluated_on_calibration_images": args.images is None
-            and images.name == art.meta.get("dataset"),
+            and result.name == art.meta.get("dataset"),
+            "executor": executor,
         }
     )
     if args.profile:
-        out["layer_seconds"] = layer_seconds(g, chunks.seconds)
-    if sim is not None and energy is not None:
-        out.update(rram_report(sim, counters, len(images), energy))
+        out["layer_seconds"] = layer_seconds(g, result.chunks.seconds)
+    if sim is not None and energy is not None and result.counters is not None:
+        out.update(rram_report(sim, result.counters, n_images, energy))
     if args.plot is not None:
         plot_curve(args.plot, out, plt)
     if args.json:
@@ -351,22 +386,40 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _runner(
-    g: Graph,
-    sim: TileSimulator | None,
-    counters: Counters,
-    early_exit: float | None,
-    window: int,
-) -> Callable[[np.ndarray, int], SnnTrace]:
-    """How one chunk of images is simulated, in time windows of ``window`` steps: the tile
-    simulator (counting events), or the numpy reference."""
-    if sim is not None:
-        tiles = sim
-        return lambda x, t: tiles.run(x, t, counters, early_exit, window)
-    from bsnnc.runtime.snn import SnnRuntime
+@dataclass(frozen=True)
+class Labels:
+    """The labels of the images a run simulated (what the metrics read of them)."""
 
-    reference = SnnRuntime(g)
-    return lambda x, t: reference.run(x, t, window)
+    y: np.ndarray | None
+
+
+def _progress_bar() -> Progress:
+    """The progress bar over images (on stderr, only on a terminal)."""
+    return Progress(
+        TextColumn("simulating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+
+
+def _check_executor(args: argparse.Namespace) -> None:
+    """``--address`` and ``--shards`` need ``--executor ray``."""
+    given = [f for d, f in (("address", "--address"), ("shards", "--shards")) if getattr(args, d)]
+    if given and args.executor != "ray":
+        raise BsnncError(f"{' and '.join(given)}: needs --executor ray")
+
+
+def _source(args: argparse.Namespace, spec: str) -> ImageSource:
+    """Where the workers read the images: a name, or an .npz path made absolute (a Ray worker
+    does not run in this directory); the data directory likewise."""
+    named = spec in NAMED
+    root = None if spec in EMBEDDED else str(data_dir(args.data_dir).resolve())
+    path = spec if named else str(Path(spec).resolve())
+    return ImageSource(path, "test", args.limit, root)
 
 
 def _given(args: argparse.Namespace, options: tuple[tuple[str, str], ...]) -> list[str]:
@@ -471,6 +524,10 @@ def _print(out: dict[str, Any]) -> None:
     if "mean_exit_step" in out:
         t.add_row(f"mean exit step (V={out['early_exit']:g})", f"{out['mean_exit_step']:.1f}")
     t.add_row("throughput", f"{out['image_timesteps_per_second']:,.0f} image·timesteps/s")
+    ex = out["executor"]
+    if ex["kind"] == "ray":
+        nodes = f"{ex['nodes']} node" + ("s" if ex["nodes"] != 1 else "")
+        t.add_row("executor", f"Ray ({ex['address']}): {ex['shards']} shards on {nodes}")
     if out["backend"] == "rram":
         t.add_section()
         t.add_row(

@@ -138,14 +138,16 @@ def write_artifact(path: str | os.PathLike[str], a: Artifact) -> None:
     atomic_write(path, write)
 
 
-def read_artifact(path: str | os.PathLike[str]) -> Artifact:
+def read_artifact(path: str | os.PathLike[str], data: bytes | None = None) -> Artifact:
     """Read and check an artifact: format, version, every member's declared size (before
-    reading it) and checksum, IR, weights (see the module docstring for the size rules)."""
+    reading it) and checksum, IR, weights (see the module docstring for the size rules).
+    With ``data``, the artifact's bytes already in memory (e.g. from a cluster's object store),
+    ``path`` only names it in messages."""
     p = Path(path)
-    if not p.is_file():
+    if data is None and not p.is_file():
         raise BsnncError(f"{p}: no such file")
     try:
-        with zipfile.ZipFile(p) as z:
+        with zipfile.ZipFile(p if data is None else io.BytesIO(data)) as z:
             manifest = _manifest(p, z)
             listed = _listed(p, z, manifest["members"])
             members = {name: _member(p, z, info, sha) for name, (info, sha) in listed.items()}

@@ -94,6 +94,28 @@ class Images:
         return int(self.x.shape[0])
 
 
+@dataclass(frozen=True)
+class ImageSource:
+    """Where an image set is read from, so that another process (a cluster worker) can read
+    its own slice: a name or an absolute .npz path, the split, ``--limit``, and the data
+    directory (absolute; None for the embedded sets)."""
+
+    spec: str
+    split: str = "test"
+    limit: int | None = None
+    root: str | None = None
+
+    def count(self) -> int:
+        """How many images the set has (see :func:`count_images`)."""
+        return count_images(self.spec, split=self.split, limit=self.limit, root=self.root)
+
+    def load(self, start: int, stop: int) -> Images:
+        """Images ``start:stop`` of the set."""
+        return load_images(
+            self.spec, split=self.split, limit=self.limit, root=self.root, start=start, stop=stop
+        )
+
+
 def embedded_file(name: str) -> Path:
     """Path of a file shipped in ``bsnnc/runtime/data``."""
     return Path(str(resources.files("bsnnc.runtime").joinpath("data", name)))
@@ -112,24 +134,83 @@ def load_images(
     split: str = "test",
     limit: int | None = None,
     root: str | os.PathLike[str] | None = None,
+    start: int = 0,
+    stop: int | None = None,
 ) -> Images:
-    """Load ``spec`` (a name or an .npz path); ``limit`` keeps the first N images."""
+    """Load ``spec`` (a name or an .npz path); ``limit`` keeps the first N images, and of
+    those ``start:stop`` are returned (a shard; ImageNet decodes only its own files)."""
     if spec in EMBEDDED:
         images = _load_npz(embedded_file(f"{spec}_{split}.npz"), f"{spec}:{split}")
     elif spec in CIFAR:
         images = _load_cifar(spec, split, data_dir(root))
     elif spec == "imagenet":
-        return _load_imagenet(data_dir(root), split, limit)
-    elif spec.endswith(".npz") or Path(spec).is_file():
+        return _load_imagenet(data_dir(root), split, limit, start, stop)
+    elif _is_npz(spec):
         images = _load_npz(Path(spec), spec)
     else:
-        raise DataError(
-            f"unknown image set '{spec}': use one of {', '.join(NAMED)} or the path of {NPZ_FORMAT}"
-        )
-    if limit is not None:
-        y = None if images.y is None else images.y[:limit]
-        images = Images(images.name, images.x[:limit], y)
+        raise _unknown(spec)
+    end = len(images) if limit is None else min(limit, len(images))
+    stop = end if stop is None else min(stop, end)
+    if (start, stop) != (0, len(images)):
+        y = None if images.y is None else images.y[start:stop]
+        images = Images(images.name, images.x[start:stop], y)
     return images
+
+
+def count_images(
+    spec: str,
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    root: str | os.PathLike[str] | None = None,
+) -> int:
+    """How many images :func:`load_images` returns without ``start``/``stop``; an .npz is
+    counted from its ``x`` header and an ImageNet folder from its file names (no pixels are
+    read), a CIFAR archive is read."""
+    if spec in EMBEDDED or _is_npz(spec):
+        path = embedded_file(f"{spec}_{split}.npz") if spec in EMBEDDED else Path(spec)
+        n = _npz_count(path)
+    elif spec in CIFAR:
+        n = len(_load_cifar(spec, split, data_dir(root)))
+    elif spec == "imagenet":
+        n = len(_imagenet_files(data_dir(root), "val" if split == "test" else split, None)[0])
+    else:
+        raise _unknown(spec)
+    return n if limit is None else min(n, limit)
+
+
+def _is_npz(spec: str) -> bool:
+    return spec.endswith(".npz") or Path(spec).is_file()
+
+
+def _unknown(spec: str) -> DataError:
+    return DataError(
+        f"unknown image set '{spec}': use one of {', '.join(NAMED)} or the path of {NPZ_FORMAT}"
+    )
+
+
+def _npz_count(path: Path) -> int:
+    """The number of images of an .npz, from the header of its ``x`` member."""
+    if not path.is_file():
+        raise DataError(f"image file {path} does not exist")
+    try:
+        with zipfile.ZipFile(path) as z, z.open("x.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape = read(f)[0]
+    except KeyError:
+        raise DataError(f"{path}: no array 'x'") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    if len(shape) != 4:
+        raise DataError(f"{path}: x must be [N,C,H,W], got shape {list(shape)}")
+    if 0 in shape:
+        raise DataError(f"{path}: x holds no images (shape {list(shape)})")
+    return int(shape[0])
 
 
 def _load_npz(path: Path, name: str) -> Images:
@@ -302,16 +383,19 @@ def _imagenet_files(
     return order[:limit] if limit is not None else order, len(classes)
 
 
-def _load_imagenet(root: Path, split: str, limit: int | None) -> Images:
+def _load_imagenet(
+    root: Path, split: str, limit: int | None, start: int = 0, stop: int | None = None
+) -> Images:
     try:
         from PIL import Image
     except ImportError:
         raise DataError("imagenet needs Pillow: pip install 'bsnnc[imagenet]'") from None
     split = "val" if split == "test" else split
     files, _ = _imagenet_files(root, split, limit)
-    x = np.empty((len(files), 3, 224, 224), np.float32)
     if not files:
         raise DataError(f"{root / 'imagenet' / split}: the class folders hold no images")
+    files = files[start:stop]
+    x = np.empty((len(files), 3, 224, 224), np.float32)
     for i, (path, _label) in enumerate(files):
         try:
             with Image.open(path) as im:

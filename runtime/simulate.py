@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -190,8 +190,15 @@ def spike_rate(parts: list[np.ndarray], steps: np.ndarray, neurons: int) -> floa
     return spikes / (neurons * ran) if ran else 0.0
 
 
+class Labelled(Protocol):
+    """What :func:`metrics` reads of the images: their labels (``Images`` is one)."""
+
+    @property
+    def y(self) -> np.ndarray | None: ...
+
+
 def metrics(
-    g: Graph, images: Images, chunks: Chunks, T: int, early_exit: float | None
+    g: Graph, images: Labelled, chunks: Chunks, T: int, early_exit: float | None
 ) -> dict[str, Any]:
     """Every number ``bsnnc simulate --json`` reports (see the README for the schema).
 

@@ -9,6 +9,10 @@ import pytest
 
 from bsnnc.compiler.cli import main
 
+#: the fields of ``simulate --json`` that differ between two runs of the same thing: wall
+#: times (``executor`` holds the seconds of each shard)
+TIMING_KEYS = ("seconds", "image_timesteps_per_second", "executor")
+
 
 def cli(argv: Sequence[object]) -> int:
     """Run ``bsnnc argv`` in process; the exit code (argparse exits are caught)."""

@@ -38,15 +38,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--examples",
         action="store_true",
         default=False,
-        help="also run the tests marked 'examples' (short training runs of the deeper example "
-        "networks: ~45 s, torch; CI runs them)",
+        help="also run the tests marked 'examples' (short training runs of the example "
+        "networks: ~70 s, torch; CI runs them)",
     )
     parser.addoption(
         "--peers",
         action="store_true",
         default=False,
         help="also run the tests marked 'peers' (recompute the README's NIR importer table in "
-        "SpikingJelly, Norse, sinabs and snnTorch: ~40 s, the interop extra; CI runs them)",
+        "SpikingJelly, Norse, sinabs and snnTorch: ~30 s, the interop extra; CI runs them)",
     )
     parser.addoption(
         "--mutations",

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from clirun import ok
+from clirun import TIMING_KEYS, ok
 
 from bsnnc.backends.rram.cost import COUNT_NAMES, Counters
 from bsnnc.backends.rram.sim import TileSimulator
@@ -60,7 +60,7 @@ def _run(
     argv = ["simulate", tiles, *images, "-T", "8", "--json", "--no-ann", "--batch", str(batch)]
     out, _ = ok([*argv, *extra], capsys)
     r = json.loads(out)
-    return {k: v for k, v in r.items() if k not in ("seconds", "image_timesteps_per_second")}
+    return {k: v for k, v in r.items() if k not in TIMING_KEYS}
 
 
 def _spikes(r: dict[str, Any]) -> tuple[str, list[int]]:
@@ -128,7 +128,7 @@ def test_rram_image_that_does_not_fit_runs_in_time_windows(
     whole, _ = ok(argv, capsys)
     windowed, _ = ok([*argv, "--max-memory", "16M"], capsys)
     a, b = json.loads(whole), json.loads(windowed)
-    for k in ("seconds", "image_timesteps_per_second"):
+    for k in TIMING_KEYS:
         a.pop(k), b.pop(k)
     assert a == b
     assert 1 < a["mean_exit_step"] < 600

@@ -13,7 +13,7 @@ import pytest
 
 from bsnnc.ir.errors import DataError
 from bsnnc.runtime import datasets
-from bsnnc.runtime.datasets import CIFAR, load_images
+from bsnnc.runtime.datasets import CIFAR, ImageSource, load_images
 
 
 def cifar_batch(n: int, seed: int, labels_key: bytes) -> tuple[dict[bytes, object], np.ndarray]:
@@ -122,6 +122,36 @@ def test_imagenet_folder(tmp_path: Path) -> None:
     two = load_images("imagenet", root=tmp_path, limit=2)
     assert two.y is not None and two.y.tolist() == [0, 1]
     assert abs(float(images.x.mean())) < 1.0  # normalized
+    # a shard decodes only its own files, and shards make up the whole set
+    source = ImageSource("imagenet", limit=5, root=str(tmp_path))
+    assert source.count() == 5
+    parts = [source.load(a, b) for a, b in [(0, 2), (2, 5)]]
+    assert np.array_equal(np.concatenate([p.x for p in parts]), images.x[:5])
+    assert parts[1].y is not None and parts[1].y.tolist() == [2, 0, 1]
+
+
+@pytest.mark.parametrize("spec", ["digits", "npz"])
+def test_shards_of_an_image_set_make_up_the_whole_set(spec: str, tmp_path: Path) -> None:
+    whole = load_images("digits", limit=100)
+    if spec == "npz":
+        spec = str(tmp_path / "set.npz")
+        np.savez(spec, x=whole.x, y=whole.y)
+    source = ImageSource(spec, limit=100)
+    assert source.count() == 100 and ImageSource(spec).count() in (100, 450)
+    parts = [source.load(a, b) for a, b in [(0, 33), (33, 66), (66, 100)]]
+    assert np.array_equal(np.concatenate([p.x for p in parts]), whole.x)
+    assert np.array_equal(np.concatenate([p.y for p in parts if p.y is not None]), whole.y)
+
+
+def test_an_npz_is_counted_from_its_header(tmp_path: Path) -> None:
+    """Counting reads the shape in the header of ``x`` (no pixels) and refuses what is not
+    [N, C, H, W]."""
+    path = tmp_path / "big.npz"
+    np.savez(path, x=np.zeros((40, 1, 8, 8), np.float32))
+    assert ImageSource(str(path)).count() == 40
+    with pytest.raises(DataError, match="x must be"):
+        np.savez(path, x=np.zeros((40, 64), np.float32))
+        ImageSource(str(path)).count()
 
 
 def test_imagenet_missing(tmp_path: Path) -> None:

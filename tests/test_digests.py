@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from clirun import cli, ok
+from clirun import TIMING_KEYS, cli, ok
 from conftest import GOLDEN
 from zoo import ZOO
 
@@ -53,7 +53,7 @@ CONVERSIONS = {
 RESETS = list(CONVERSIONS)
 BACKENDS = ["numpy", "rram"]
 EXITS = ["noexit", "exit"]
-DROPPED = ("seconds", "image_timesteps_per_second", "artifact")  # timings, a temporary path
+DROPPED = (*TIMING_KEYS, "artifact")  # timings, a temporary path
 REGENERATE = "rerun with --update-golden (pytest tests/test_digests.py --update-golden)"
 
 CASES = [(m, r, b, e) for m in MODELS for r in RESETS for e in EXITS for b in BACKENDS]

@@ -33,6 +33,7 @@ def run_example(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.examples
 def test_train_digits_runs_and_is_deterministic(tmp_path: Path) -> None:
     """A short training run (one epoch per phase) twice with the same seed: the script trains,
     exports and checks the model against onnxruntime, and gives the same bytes both times."""

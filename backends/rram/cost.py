@@ -63,6 +63,18 @@ class Counters:
         zeros: dict[str, Any] = {name: np.zeros(T, np.int64) for name in COUNT_NAMES}
         return Counters(T, **zeros)
 
+    def merge(self, other: Counters) -> None:
+        """Adds another run's counts (a shard of the images: every count is a sum over
+        images, so the shards' sums are the whole run's)."""
+        for name in COUNT_NAMES:
+            getattr(self, name)[:] += getattr(other, name)
+        for mine, theirs in (
+            (self.layer_cycles, other.layer_cycles),
+            (self.layer_rows, other.layer_rows),
+        ):
+            for layer, values in theirs.items():
+                _add_at(mine, layer, self.T, 0, values)
+
     def add_layer_cycles(self, layer: str, cycles: np.ndarray, t0: int = 0) -> None:
         """Adds a layer's busiest-array cycles for the steps t0+1 .. t0+len(cycles)."""
         _add_at(self.layer_cycles, layer, self.T, t0, cycles)
