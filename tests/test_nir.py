@@ -277,6 +277,10 @@ def _nir_file(tmp_path: Path, edit: str) -> Path:
         )
     if edit == "two-outputs-summed":  # the Output reads fc2 and a second layer: summed
         nodes["fc3"] = nir.Linear(weight=np.ones((2, 4), np.float32))
+    if edit == "shapes":  # a 5-input layer on a 4-wide input
+        nodes["fc"] = nir.Affine(weight=np.ones((4, 5), np.float32), bias=np.zeros(4, np.float32))
+    if edit == "delay":  # a node type bsnnc does not map
+        nodes["lif"] = nir.Delay(delay=np.ones(4))
     if edit == "nan":
         nodes["lif"] = nir.IF(r=np.ones(4), v_threshold=np.full(4, np.nan), v_reset=np.zeros(4))
     edges = [("input", "fc"), ("fc", "lif"), ("lif", "fc2"), ("fc2", "output")]
@@ -295,6 +299,8 @@ def _nir_file(tmp_path: Path, edit: str) -> Path:
         ("lif", ["node 'lif' (LIF)", "not supported"]),
         ("nan", ["node 'lif' (IF)", "non-finite"]),
         ("truncated", ["not a readable NIR file"]),
+        ("shapes", ["not a readable NIR file", "type mismatch", "fc.input"]),
+        ("delay", ["node 'lif' (Delay)", "not supported"]),
     ],
 )
 def test_bad_nir_files(
