@@ -78,6 +78,7 @@ MAX_VARIATION = 10.0
 MIN_MEMORY, MAX_MEMORY = 16 << 20, 1 << 40
 MAX_SHARDS = 100_000
 MAX_RETRIES = 100
+DEFAULT_RETRIES = 3
 
 
 class CompileOnlyAction(argparse.Action):
@@ -233,10 +234,9 @@ def add_parser(sub: Any) -> None:
     ex.add_argument(
         "--retries",
         type=int_in(0, MAX_RETRIES),
-        default=3,
         metavar="N",
         help=f"times a shard whose worker process died is rerun (0..{MAX_RETRIES}; default: "
-        "%(default)s)",
+        f"{DEFAULT_RETRIES})",
     )
     p.add_argument("--no-ann", action="store_true", help="skip the ANN accuracy")
     p.add_argument("--json", action="store_true", help="print one JSON object to stdout")
@@ -314,7 +314,8 @@ def run(args: argparse.Namespace) -> int:
         not args.no_ann,
     )
     plt = _pyplot(args.plot)
-    art = read_artifact(args.artifact)
+    data = _artifact_bytes(args.artifact) if args.executor == "ray" else None
+    art = read_artifact(args.artifact, data)  # the bytes the workers get are these
     g = _spiking_graph(art, args.artifact)
     if args.backend == "numpy":  # the rram backend validates its program itself
         check_artifact(art, str(args.artifact))
@@ -329,7 +330,10 @@ def run(args: argparse.Namespace) -> int:
             from bsnnc.compiler.ray_executor import RaySettings, run_on_ray
 
             settings = RaySettings(args.address, args.shards, args.retries)
-            result, executor = run_on_ray(args.artifact, opts, _source(args, spec), settings, bar)
+            assert data is not None
+            source = _source(args, spec)
+            labels = args.plot is not None
+            result, executor = run_on_ray(args.artifact, data, opts, source, settings, bar, labels)
             seconds = float(executor["seconds"])
         else:
             images = check_images(
@@ -407,10 +411,29 @@ def _progress_bar() -> Progress:
 
 
 def _check_executor(args: argparse.Namespace) -> None:
-    """``--address`` and ``--shards`` need ``--executor ray``."""
-    given = [f for d, f in (("address", "--address"), ("shards", "--shards")) if getattr(args, d)]
+    """``--address``, ``--shards`` and ``--retries`` need ``--executor ray``."""
+    flags = (("address", "--address"), ("shards", "--shards"), ("retries", "--retries"))
+    given = [f for d, f in flags if getattr(args, d) is not None]
     if given and args.executor != "ray":
-        raise BsnncError(f"{' and '.join(given)}: needs --executor ray")
+        raise BsnncError(f"{', '.join(given)}: needs --executor ray")
+    if args.retries is None:
+        args.retries = DEFAULT_RETRIES
+
+
+def _artifact_bytes(path: Path) -> bytes:
+    """The artifact file's bytes (for the cluster's object store), within the size an
+    artifact may have."""
+    from bsnnc.runtime.artifact import MAX_TOTAL_BYTES
+
+    if not path.is_file():
+        raise BsnncError(f"{path}: no such file")
+    try:
+        size = path.stat().st_size
+        if size > MAX_TOTAL_BYTES:
+            raise BsnncError(f"{path}: {size:,} bytes, more than an artifact may hold")
+        return path.read_bytes()
+    except OSError as e:
+        raise BsnncError(f"{path}: cannot read it ({e.strerror or e})") from None
 
 
 def _source(args: argparse.Namespace, spec: str) -> ImageSource:
@@ -419,7 +442,7 @@ def _source(args: argparse.Namespace, spec: str) -> ImageSource:
     named = spec in NAMED
     root = None if spec in EMBEDDED else str(data_dir(args.data_dir).resolve())
     path = spec if named else str(Path(spec).resolve())
-    return ImageSource(path, "test", args.limit, root)
+    return ImageSource(path, "test", args.limit, root, name=None if named else spec)
 
 
 def _given(args: argparse.Namespace, options: tuple[tuple[str, str], ...]) -> list[str]:
@@ -565,7 +588,8 @@ def _print(out: dict[str, Any]) -> None:
         r.add_row(k, f"{v:.4f}")
     err.print(r)
     if "layer_seconds" in out:
-        _print_profile(out["layer_seconds"], out["seconds"])
+        # the shards' own seconds: several shards run at once on a cluster
+        _print_profile(out["layer_seconds"], sum(out["executor"]["seconds_per_shard"]))
 
 
 def layer_seconds(g: Graph, seconds: dict[str, float]) -> dict[str, dict[str, Any]]:

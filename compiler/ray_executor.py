@@ -98,10 +98,10 @@ def _renamed(e: BsnncError, prefix: str) -> BsnncError:
     return e
 
 
-def count_task(source: ImageSource) -> int:
-    """(On a worker) the number of images of ``source``."""
+def count_task(source: ImageSource) -> tuple[int, bool]:
+    """(On a worker) the number of images of ``source`` and whether they have labels."""
     try:
-        return source.count()
+        return source.count(), source.labelled()
     except BsnncError as e:
         raise _renamed(e, f"node {_node()}") from None
 
@@ -172,8 +172,9 @@ def _probe(address: str) -> None:
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not port.isdigit():
         return  # "auto", or no port: Ray resolves it
+    host = host.removeprefix("[").removesuffix("]") or "127.0.0.1"  # [::1]:6379
     try:
-        socket.create_connection((host or "127.0.0.1", int(port)), CONNECT_SECONDS).close()
+        socket.create_connection((host, int(port)), CONNECT_SECONDS).close()
     except OSError as e:
         raise ClusterError(
             f"--address {address}: no Ray cluster answers there ({e.strerror or e}); start one "
@@ -191,7 +192,7 @@ def _connect(ray: Any, address: str | None) -> None:
             logging_level=logging.ERROR,
             log_to_driver=False,
         )
-    except (ConnectionError, RuntimeError, ValueError) as e:
+    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise ClusterError(f"--executor ray: cannot start or reach {where}: {e}") from None
 
@@ -207,60 +208,71 @@ def _get(ray: Any, ref: Any, what: str, retries: int) -> Any:
             raise cause from None
         raise
     except ray.exceptions.RayError as e:
-        raise ClusterError(
-            f"{what}: the Ray workers failed ({type(e).__name__}) after {retries} retries: "
-            f"{str(e).splitlines()[0] if str(e) else ''}"
-        ) from None
+        died = isinstance(e, ray.exceptions.WorkerCrashedError | ray.exceptions.NodeDiedError)
+        after = f" (rerun {retries} times)" if died else ""
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ClusterError(f"{what}: Ray failed it{after}: {type(e).__name__}: {first}") from None
 
 
 def run_on_ray(
     artifact: Path,
+    data: bytes,
     opts: SimOptions,
     source: ImageSource,
     settings: RaySettings,
     bar: Progress,
+    needs_labels: bool = False,
 ) -> tuple[ShardResult, dict[str, Any]]:
-    """Simulate ``source`` in shards on Ray (see the module docstring); the merged result and
-    the ``executor`` facts of the JSON (``seconds``: from handing out the shards to the merged
-    result; ``startup_seconds``: connecting to or starting the cluster before)."""
+    """Simulate ``source`` in shards on Ray (see the module docstring) with the artifact's
+    bytes ``data`` (read once, as checked); the merged result and the ``executor`` facts of
+    the JSON (``seconds``: from counting the images to the merged result, the shards' ANN
+    passes included; ``startup_seconds``: connecting to or starting the cluster before)."""
     ray = _ray()
     own = not ray.is_initialized()
     # Ray prints its raylet's messages (e.g. "A worker died …") to stdout: stderr here, so
     # that stdout holds only the command's output (the JSON)
     with contextlib.redirect_stdout(sys.stderr):
         t0 = time.perf_counter()
-        if own:
-            _connect(ray, settings.address)
         try:
+            if own:
+                _connect(ray, settings.address)
             started = time.perf_counter()
-            result, executor = _run(ray, _Job(artifact, opts, source, settings), bar)
+            result, executor = _run(
+                ray, _Job(artifact, data, opts, source, settings, needs_labels), bar
+            )
             executor["seconds"] = round(time.perf_counter() - started, 3)
             executor["startup_seconds"] = round(started - t0, 3)
             return result, executor
         finally:
-            if own:
+            if own and ray.is_initialized():
                 ray.shutdown()
 
 
 @dataclass(frozen=True)
 class _Job:
     artifact: Path
+    data: bytes
     opts: SimOptions
     source: ImageSource
     settings: RaySettings
+    needs_labels: bool
 
 
 def _run(ray: Any, job: _Job, bar: Progress) -> tuple[ShardResult, dict[str, Any]]:
     artifact, opts, source, settings = job.artifact, job.opts, job.source, job.settings
     task = ray.remote(num_cpus=1, max_retries=settings.retries, retry_exceptions=False)
-    n = _get(ray, task(count_task).remote(source), "counting the images", settings.retries)
+    counted = task(count_task).remote(source)
+    n, labelled = _get(ray, counted, "counting the images", settings.retries)
+    if job.needs_labels and not labelled:
+        raise BsnncError(f"--plot needs labelled images ({source.name or source.spec} has no y)")
     shards = settings.shards or max(1, int(ray.cluster_resources().get("CPU", 1)))
     bounds = shard_bounds(n, shards)
-    data = ray.put(artifact.read_bytes())
-    counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
+    stored = ray.put(job.data)
+    # progress only: restarted if its process dies, and a failed poll skips one redraw
+    counter = ray.remote(num_cpus=0, max_restarts=-1)(ProgressCounter).remote()
     run = task(shard_task)
     refs = [
-        run.remote(data, str(artifact), opts, source, i, b, counter) for i, b in enumerate(bounds)
+        run.remote(stored, str(artifact), opts, source, i, b, counter) for i, b in enumerate(bounds)
     ]
     progress = bar.add_task("", total=n)
     shard_of = {r: i for i, r in enumerate(refs)}
@@ -273,7 +285,8 @@ def _run(ray: Any, job: _Job, bar: Progress) -> tuple[ShardResult, dict[str, Any
                 i = shard_of[r]
                 what = f"shard {i} (images {bounds[i][0]}..{bounds[i][1] - 1})"
                 results[i] = _get(ray, r, what, settings.retries)
-            bar.update(progress, completed=ray.get(counter.total.remote()))
+            with contextlib.suppress(ray.exceptions.RayError):
+                bar.update(progress, completed=ray.get(counter.total.remote()))
     except BaseException:
         for r in pending:
             ray.cancel(r, force=True)

@@ -104,16 +104,35 @@ class ImageSource:
     split: str = "test"
     limit: int | None = None
     root: str | None = None
+    #: the set's name in reports (the path as the user gave it; default: as loaded)
+    name: str | None = None
 
     def count(self) -> int:
         """How many images the set has (see :func:`count_images`)."""
         return count_images(self.spec, split=self.split, limit=self.limit, root=self.root)
 
+    def labelled(self) -> bool:
+        """Whether the images have labels (an .npz may hold no ``y``)."""
+        if self.spec in EMBEDDED or not _is_npz(self.spec):
+            return True
+        try:
+            with zipfile.ZipFile(self.spec) as z:
+                return "y.npy" in z.namelist()
+        except (OSError, zipfile.BadZipFile) as e:
+            raise DataError(f"{self.spec}: not a readable .npz file ({e})") from None
+
     def load(self, start: int, stop: int) -> Images:
-        """Images ``start:stop`` of the set."""
-        return load_images(
+        """Images ``start:stop`` of the set; a :class:`DataError` when the set has fewer
+        (another machine's copy of it, say)."""
+        images = load_images(
             self.spec, split=self.split, limit=self.limit, root=self.root, start=start, stop=stop
         )
+        if len(images) != stop - start:
+            raise DataError(
+                f"{self.spec}: images {start}..{stop - 1} asked for, {len(images)} found from "
+                f"{start} on (is this copy of the image set the one that was counted?)"
+            )
+        return Images(self.name or images.name, images.x, images.y)
 
 
 def embedded_file(name: str) -> Path:

@@ -141,6 +141,13 @@ def test_shards_of_an_image_set_make_up_the_whole_set(spec: str, tmp_path: Path)
     parts = [source.load(a, b) for a, b in [(0, 33), (33, 66), (66, 100)]]
     assert np.array_equal(np.concatenate([p.x for p in parts]), whole.x)
     assert np.array_equal(np.concatenate([p.y for p in parts if p.y is not None]), whole.y)
+    assert source.labelled()
+    with pytest.raises(DataError, match=r"images 90\.\.109 asked for, 10 found"):
+        source.load(90, 110)  # a shard beyond the set: another copy of it, say
+    bare = tmp_path / "bare.npz"
+    np.savez(bare, x=whole.x)
+    assert not ImageSource(str(bare)).labelled()
+    assert ImageSource(str(bare), name="given.npz").load(0, 2).name == "given.npz"
 
 
 def test_an_npz_is_counted_from_its_header(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -147,8 +148,37 @@ def test_a_bad_shard_fails_the_run_with_its_message(
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, x=np.zeros((8, 1, 4, 4), np.float32))
     run = ["simulate", artifact, "--executor", "ray", "--address", cluster.address, "--json"]
-    fails([*run, "--images", wrong], capsys, "shard 0 (images 0..3) on node", "[1, 4, 4]")
+    # both shards fail; the first to report names itself
+    err = fails([*run, "--images", wrong, "--shards", "2"], capsys, "on node", "[1, 4, 4]")
+    assert re.search(r"shard [01] \(images [04]\.\.[37]\)", err), err
     fails([*run, "--images", tmp_path / "absent.npz"], capsys, "node", "absent.npz does not exist")
+    unlabelled = tmp_path / "unlabelled.npz"
+    np.savez(unlabelled, x=np.zeros((8, 1, 8, 8), np.float32))
+    plot = tmp_path / "curve.png"
+    fails([*run, "--images", unlabelled, "--plot", plot], capsys, "--plot needs labelled images")
+    assert not plot.exists()
+
+
+def test_an_npz_reports_as_in_a_local_run(
+    cluster: Any,
+    artifact: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A relative .npz path: the workers get it absolute, the JSON names it as given."""
+    from bsnnc.runtime.datasets import load_images
+
+    images = load_images("digits", limit=40)
+    np.savez(tmp_path / "set.npz", x=images.x, y=images.y)
+    monkeypatch.chdir(tmp_path)
+    common = [artifact, "--images", "set.npz", "-T", "16"]
+    local = _run(common, capsys)
+    sharded = _run(
+        [*common, "--executor", "ray", "--address", cluster.address, "--shards", "4"], capsys
+    )
+    _same(local, sharded)
+    assert sharded["images_source"] == "set.npz"
 
 
 def test_without_ray(
@@ -157,6 +187,7 @@ def test_without_ray(
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray → ImportError
     fails(["simulate", artifact, "--executor", "ray"], capsys, "pip install 'bsnnc[ray]'")
     fails(["simulate", artifact, "--shards", "2"], capsys, "--shards", "needs --executor ray")
+    fails(["simulate", artifact, "--retries", "1"], capsys, "--retries", "needs --executor ray")
 
 
 def test_an_unreachable_cluster_fails_at_once(
