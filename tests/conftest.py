@@ -39,7 +39,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         default=False,
         help="also run the tests marked 'examples' (short training runs of the example "
-        "networks: ~70 s, torch; CI runs them)",
+        "networks, the deep digits model's conversion curve: ~80 s, torch; CI runs them)",
     )
     parser.addoption(
         "--peers",

@@ -126,7 +126,10 @@ def _curve(onnx_path: Path, train: Images, test: Images, v_init: float) -> dict[
     return m
 
 
-@pytest.mark.parametrize("model", ["digits", "digits_deep"])
+@pytest.mark.parametrize(
+    "model",
+    ["digits", pytest.param("digits_deep", marks=pytest.mark.examples)],  # ~10 s
+)
 def test_half_threshold_start_reaches_the_ann_within_8_steps(model: str) -> None:
     """Issue 11's bar, with the default start (half-full membranes): the embedded digits model
     and the deeper 8-binary-layer one (tests/fixtures, examples/train_digits_deep.py) are
