@@ -352,8 +352,6 @@ def run(args: argparse.Namespace) -> int:
                 "nodes": 1,
                 "seconds_per_shard": [round(seconds, 3)],
             }
-    if args.plot is not None and result.labels is None:
-        raise BsnncError(f"--plot needs labelled images ({result.name} has no y)")
     out = metrics(g, Labels(result.labels), result.chunks, opts.timesteps, args.early_exit)
     ann = None
     if result.ann_predictions is not None and result.labels is not None:

@@ -32,6 +32,7 @@ import logging
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,26 +142,24 @@ def shard_task(
             done[0] += n
             progress.report.remote(index, done[0])
 
-        with _OneThread():
+        with _one_thread():
             result = run_shard(art.graph, sim, opts, images, advance)
     except BsnncError as e:
         raise _renamed(e, f"shard {index} (images {start}..{stop - 1}) on node {_node()}") from None
     return result, _node()
 
 
-class _OneThread:
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
     """numba's kernels on one thread inside the block (the task holds one CPU)."""
+    import numba
 
-    def __enter__(self) -> None:
-        import numba
-
-        self.before = numba.get_num_threads()
-        numba.set_num_threads(1)
-
-    def __exit__(self, *exc: object) -> None:
-        import numba
-
-        numba.set_num_threads(self.before)
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 #: seconds to wait for a TCP connection to ``--address`` before giving up

@@ -24,7 +24,7 @@ from bsnnc.ir.graph import Graph
 from bsnnc.runtime.artifact import Artifact
 from bsnnc.runtime.datasets import Images
 from bsnnc.runtime.simulate import Chunks, ann_accuracy, chunk_size, plan, run_chunks
-from bsnnc.runtime.snn import SnnRuntime, SnnTrace, add_seconds
+from bsnnc.runtime.snn import SnnRuntime, SnnTrace
 
 
 @dataclass(frozen=True)
@@ -107,15 +107,7 @@ def merge(results: list[ShardResult], T: int) -> ShardResult:
     out = Chunks()
     counters: Counters | None = None
     for r in results:
-        c = r.chunks
-        out.preds += c.preds
-        out.exit_step += c.exit_step
-        for k, v in c.spikes.items():
-            out.spikes.setdefault(k, []).extend(v)
-        for k, v in c.inputs.items():
-            out.inputs.setdefault(k, []).extend(v)
-        out.image_digests += c.image_digests
-        out.seconds = add_seconds(out.seconds, c.seconds)
+        out.extend(r.chunks)
         if r.counters is not None:
             counters = counters or Counters.zeros(T)
             counters.merge(r.counters)

@@ -225,11 +225,16 @@ def _npz_count(path: Path) -> int:
         raise DataError(f"{path}: no array 'x'") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    _check_images_shape(path, tuple(shape))
+    return int(shape[0])
+
+
+def _check_images_shape(path: Path, shape: tuple[int, ...]) -> None:
+    """An .npz's ``x`` must be a non-empty [N, C, H, W]."""
     if len(shape) != 4:
         raise DataError(f"{path}: x must be [N,C,H,W], got shape {list(shape)}")
     if 0 in shape:
         raise DataError(f"{path}: x holds no images (shape {list(shape)})")
-    return int(shape[0])
 
 
 def _load_npz(path: Path, name: str) -> Images:
@@ -245,10 +250,7 @@ def _load_npz(path: Path, name: str) -> Images:
             y = _labels(path, np.asarray(z["y"])) if "y" in z.files else None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: not a readable .npz file ({e})") from None
-    if x.ndim != 4:
-        raise DataError(f"{path}: x must be [N,C,H,W], got shape {list(x.shape)}")
-    if x.shape[0] == 0 or 0 in x.shape:
-        raise DataError(f"{path}: x holds no images (shape {list(x.shape)})")
+    _check_images_shape(path, x.shape)
     bad = int(np.count_nonzero(~np.isfinite(x)))
     if bad:
         raise DataError(f"{path}: x has {bad} non-finite value(s) (NaN or ±inf)")

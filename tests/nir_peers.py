@@ -85,16 +85,16 @@ def _run(step: Callable[[Any], Any], x: np.ndarray, steps: int) -> np.ndarray:
     return np.array(preds)
 
 
-def _ifs(path: Path) -> list[str]:
+def _ifs(g: Any) -> list[str]:
+    """The IF nodes of ``g``, read before an importer may change the graph."""
     import nir
 
-    g = nir.read(path)
     names = [k for k, v in g.nodes.items() if isinstance(v, nir.IF)]
     return sorted(names, key=lambda k: int(k.rsplit("_", 1)[-1]))  # bsnnc's IR order
 
 
 def _simulate(
-    model: Any, kinds: tuple[str, ...], path: Path, x: np.ndarray, steps: int, state: bool
+    model: Any, kinds: tuple[str, ...], ifs: list[str], x: np.ndarray, steps: int, state: bool
 ) -> tuple[np.ndarray, list[int]]:
     """Run ``model`` (``model(x, state) → (out, state)`` if ``state``, else ``model(x)`` with
     its state inside, its output possibly a tuple) and count the spikes of its ``kinds``."""
@@ -109,7 +109,7 @@ def _simulate(
         out = model(inp)
         return out[0] if isinstance(out, tuple) else out
 
-    return _run(step, x, steps), spikes.per_layer(_ifs(path))
+    return _run(step, x, steps), spikes.per_layer(ifs)
 
 
 def run_spikingjelly(path: Path, x: np.ndarray, steps: int) -> tuple[np.ndarray, list[int]]:
@@ -117,16 +117,20 @@ def run_spikingjelly(path: Path, x: np.ndarray, steps: int) -> tuple[np.ndarray,
     ``v_reset``, starts at ``v_reset``)."""
     from spikingjelly.activation_based.nir_exchange import import_from_nir
 
-    model = import_from_nir(_graph(path, None), dt=1.0)
-    return _simulate(model, ("_NIRStatefulModule",), path, x, steps, state=True)
+    g = _graph(path, None)
+    ifs = _ifs(g)
+    model = import_from_nir(g, dt=1.0)
+    return _simulate(model, ("_NIRStatefulModule",), ifs, x, steps, state=True)
 
 
 def run_norse(path: Path, x: np.ndarray, steps: int) -> tuple[np.ndarray, list[int]]:
     """Norse 1.1's ``from_nir(dt=1)``: ``IAFCell`` (v += I, fires at v > θ, resets to 0)."""
     from norse.torch.utils.import_nir import from_nir
 
-    model = from_nir(_graph(path, 1), dt=1.0)
-    return _simulate(model, ("IAFCell",), path, x, steps, state=True)
+    g = _graph(path, 1)
+    ifs = _ifs(g)
+    model = from_nir(g, dt=1.0)
+    return _simulate(model, ("IAFCell",), ifs, x, steps, state=True)
 
 
 def run_sinabs(path: Path, x: np.ndarray, steps: int) -> tuple[np.ndarray, list[int]]:
@@ -134,8 +138,10 @@ def run_sinabs(path: Path, x: np.ndarray, steps: int) -> tuple[np.ndarray, list[
     clipped at −θ)."""
     import sinabs
 
-    model = sinabs.from_nir(_graph(path, None), batch_size=x.shape[0])
-    return _simulate(model, ("IAFSqueeze",), path, x, steps, state=False)
+    g = _graph(path, None)
+    ifs = _ifs(g)
+    model = sinabs.from_nir(g, batch_size=x.shape[0])
+    return _simulate(model, ("IAFSqueeze",), ifs, x, steps, state=False)
 
 
 def run_snntorch(path: Path, x: np.ndarray, steps: int) -> tuple[np.ndarray, list[int]]:
@@ -145,12 +151,14 @@ def run_snntorch(path: Path, x: np.ndarray, steps: int) -> tuple[np.ndarray, lis
     from snntorch import utils
     from snntorch.import_nir import import_from_nir
 
-    model = import_from_nir(_graph(path, 1))
+    g = _graph(path, 1)
+    ifs = _ifs(g)
+    model = import_from_nir(g)
     for module in model.modules():
         if isinstance(module, snntorch.SpikingNeuron):
             module.init_hidden = True
     utils.reset(model)
-    return _simulate(model, ("Leaky",), path, x, steps, state=False)
+    return _simulate(model, ("Leaky",), ifs, x, steps, state=False)
 
 
 RUNNERS: dict[str, Callable[[Path, np.ndarray, int], tuple[np.ndarray, list[int]]]] = {
