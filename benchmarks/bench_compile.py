@@ -8,15 +8,18 @@ the whole default pipeline — import, conversion, calibration (percentile 99.9)
 in a child process under ``/usr/bin/time -v``. Reports wall time and maximum resident set
 size (issue 10's budget: 25 s and 1.0 GB on a 2-core machine), and a floor measured in the
 same run: calibration runs the ANN in float64 (thresholds must not depend on the BLAS kernel),
-so every calibration image costs at least the float64 products of the network's layers —
-timed here as numpy ``@`` (BLAS, both cores) on each conv/dense layer's im2col shape
-(OH·OW × C·kH·kW by C·kH·kW × O, one image), summed and multiplied by the images.
+so every calibration image costs at least the float64 products of the network's layers as
+calibration computes them — a large 3×3 layer as Winograd F(4×4, 3×3)'s 36 products
+[tiles × C] by [C × O], the others as one im2col product (OH·OW × C·kH·kW by C·kH·kW × O) —
+timed here as numpy ``@`` (BLAS, both cores) on each shape for one image, summed and
+multiplied by the images.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import re
 import subprocess
 import sys
@@ -26,36 +29,54 @@ from pathlib import Path
 
 import numpy as np
 
-from bsnnc.ir.graph import Graph
+from bsnnc.ir.graph import Graph, Node, attr_ints
+from bsnnc.runtime.ann import WINOGRAD_MIN_MACS
 from bsnnc.runtime.artifact import read_artifact
 
 ROOT = Path(__file__).resolve().parents[1]
+#: a timed product has at least this many rows
+ROWS = 512
 
 
-def float64_floor(g: Graph, images: int) -> tuple[float, float]:
-    """(seconds, MACs) of the float64 products of ``images`` images through the weighted
-    layers of ``g``, each timed once on random data (best of two)."""
+def _winograd(g: Graph, n: Node) -> bool:
+    """Whether calibration runs conv2d ``n`` as Winograd (the rule of ``runtime.ann``)."""
+    w = g.constants[n.const_operands()[0]].type.shape
+    geometry = attr_ints(n.attrs, "stride"), attr_ints(n.attrs, "dilation")
+    macs = int(n.type.shape[2] or 1) * int(n.type.shape[3] or 1) * math.prod(int(d or 1) for d in w)
+    return tuple(w[2:]) == (3, 3) and geometry == ((1, 1), (1, 1)) and macs >= WINOGRAD_MIN_MACS
+
+
+def float64_floor(g: Graph, images: int) -> tuple[float, float, float]:
+    """(seconds, MACs done, MACs of the direct convolutions) of the float64 products of
+    ``images`` images through the weighted layers of ``g`` as calibration computes them: a
+    Winograd layer as 36 products [tiles, C] × [C, O] (tiles = ⌈OH/4⌉·⌈OW/4⌉ per image), the
+    others as one im2col product; each shape timed with numpy's BLAS on both cores (best of
+    two) for as many images as make :data:`ROWS` rows (calibration multiplies many images'
+    rows at once)."""
     rng = np.random.default_rng(0)
-    seconds = macs = 0.0
+    seconds = macs = direct = 0.0
     for n in g.nodes:
         if n.op not in ("conv2d", "dense"):
             continue
         w = g.constants[n.const_operands()[0]].type.shape
-        if n.op == "conv2d":
-            m = int(n.type.shape[2] or 1) * int(n.type.shape[3] or 1)
-            k = int(w[1] or 1) * int(w[2] or 1) * int(w[3] or 1)
+        o, k = int(w[0] or 1), math.prod(int(d or 1) for d in w[1:])
+        conv = n.op == "conv2d"
+        oh, ow = (int(n.type.shape[2] or 1), int(n.type.shape[3] or 1)) if conv else (1, 1)
+        direct += oh * ow * k * o * images
+        if conv and _winograd(g, n):
+            m, k, times = -(-oh // 4) * -(-ow // 4), int(w[1] or 1), 36
         else:
-            m, k = 1, int(w[1] or 1)
-        o = int(w[0] or 1)
-        a, b = rng.standard_normal((m, k)), rng.standard_normal((k, o))
+            m, times = oh * ow, 1
+        per_call = -(-ROWS // m)  # images per product, as calibration batches them
+        a, b = rng.standard_normal((m * per_call, k)), rng.standard_normal((k, o))
         best = np.inf
         for _ in range(2):
             t = time.perf_counter()
             a @ b
             best = min(best, time.perf_counter() - t)
-        seconds += best * images
-        macs += m * k * o * images
-    return seconds, macs
+        seconds += best / per_call * times * images
+        macs += m * k * o * times * images
+    return seconds, macs, direct
 
 
 def main() -> int:
@@ -92,13 +113,16 @@ def main() -> int:
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     assert wall is not None and rss is not None
     mib = int(rss.group(1)) / 1024
-    floor, macs = float64_floor(read_artifact(d / "vgg15_imagenet.tiles").graph, args.calib_images)
+    floor, macs, direct = float64_floor(
+        read_artifact(d / "vgg15_imagenet.tiles").graph, args.calib_images
+    )
     print(f"bsnnc compile VGG-15 ImageNet shape, {args.calib_images} calibration images")
     print(f"  wall time        {wall.group(1)}   (budget 25 s)")
     print(f"  peak memory      {mib:,.0f} MiB    (budget 1,000 MB = 954 MiB)")
     print(
-        f"  float64 floor    {floor:.1f} s: {macs / 1e12:.2f} T MACs at "
-        f"{macs / floor / 1e9:.0f} GMAC/s (BLAS, this machine, this run)"
+        f"  float64 floor    {floor:.1f} s: calibration's products, {macs / 1e12:.2f} T MACs "
+        f"(Winograd; {direct / 1e12:.2f} T direct) at {macs / floor / 1e9:.0f} GMAC/s "
+        "(BLAS, both cores, this machine, this run)"
     )
     print(f"  artifact         {(d / 'vgg15_imagenet.tiles').stat().st_size / 1e6:,.1f} MB")
     return 0

@@ -50,13 +50,7 @@ def _affine(xs: list[np.ndarray], a: Attrs, key: str, add: bool) -> np.ndarray:
 
 
 ANN_KERNELS: dict[str, Kernel] = {
-    "conv2d": lambda xs, a: K.conv2d(
-        xs[0].astype(_float(xs[0]), copy=False),
-        xs[1],
-        _pair(a, "stride"),
-        _pads(a),
-        _pair(a, "dilation"),
-    ),
+    "conv2d": lambda xs, a: _conv2d(xs, a),
     "dense": lambda xs, a: K.dense(xs[0].astype(_float(xs[0]), copy=False), xs[1]),
     "avgpool": lambda xs, a: K.avgpool(
         xs[0],
@@ -89,6 +83,28 @@ ANN_KERNELS: dict[str, Kernel] = {
     "if": lambda xs, a: _if_rate(xs, a),
     "readout": lambda xs, a: xs[0].astype(_float(xs[0]), copy=False),
 }
+
+
+#: float64 3×3 stride-1 convolutions of at least this many multiply-accumulates per image run
+#: as Winograd F(4×4, 3×3) (:mod:`bsnnc.runtime.winograd`): calibration's bulk on CIFAR- and
+#: ImageNet-sized networks (VGG-15 ImageNet: 3.4× less time in its convolutions). Smaller ones
+#: (the digits models: ≤ 5 M) stay direct, and compiling them never loads numba (0.6 s, 70 MB).
+WINOGRAD_MIN_MACS = 1 << 24
+
+
+def _conv2d(xs: list[np.ndarray], a: Attrs) -> np.ndarray:
+    """``conv2d`` in the float type of its input: in float64, a 3×3 stride-1 convolution of
+    at least :data:`WINOGRAD_MIN_MACS` per image by Winograd, the others by im2col and one
+    GEMM (:func:`bsnnc.runtime.kernels.conv2d`)."""
+    x, w = xs[0].astype(_float(xs[0]), copy=False), xs[1]
+    stride, dilation, pads = _pair(a, "stride"), _pair(a, "dilation"), _pads(a)
+    if x.dtype == np.float64 and w.shape[2:] == (3, 3) and stride == dilation == (1, 1):
+        oh, ow = x.shape[2] + pads[0] + pads[2] - 2, x.shape[3] + pads[1] + pads[3] - 2
+        if oh * ow * w.shape[0] * w.shape[1] * 9 >= WINOGRAD_MIN_MACS:
+            from bsnnc.runtime import winograd  # numba compiles it: loaded only when used
+
+            return winograd.conv3x3(x, winograd.filter_transform(w), pads)
+    return K.conv2d(x, w, stride, pads, dilation)
 
 
 def quantize(x: np.ndarray, step: np.ndarray | float, levels: int) -> np.ndarray:
@@ -124,7 +140,8 @@ def _if_rate(xs: list[np.ndarray], a: Attrs) -> np.ndarray:
     if levels:
         step = np.asarray(if_step(a) or theta / levels, dtype=dt)
         return np.asarray(quantize(x, step, levels) * (step / theta), dtype=dt)
-    return np.asarray(np.maximum(x, 0) / theta, dtype=dt)
+    rate = np.maximum(x, 0).astype(dt, copy=False)
+    return rate if len(xs) == 1 and theta == 1.0 else np.asarray(rate / theta, dtype=dt)
 
 
 def last_uses(g: Graph, keep: Collection[str] = ()) -> dict[int, list[str]]:
@@ -144,24 +161,19 @@ def _operands(g: Graph, n: Node, env: dict[str, np.ndarray]) -> list[np.ndarray]
     return [env[o[1:]] if o.startswith("%") else g.constants[o[1:]].array() for o in n.operands]
 
 
-def run_ann(
-    g: Graph, x: np.ndarray, keep: Collection[str] = (), dtype: type[np.floating] = np.float32
-) -> dict[str, np.ndarray]:
-    """Run ``g`` on the batch ``x`` (fed to its single input); returns output name → array,
-    plus the values named in ``keep`` (e.g. every IF layer, for calibration). Every value is
-    computed in ``dtype`` (float32, as onnxruntime does, or float64 for calibration)."""
-    inputs = g.inputs()
-    if len(inputs) != 1:
-        raise BsnncError(f"the ANN reference needs exactly one input, graph has {len(inputs)}")
-    expected = inputs[0].type.shape[1:]
-    if tuple(x.shape[1:]) != expected:
-        raise BsnncError(
-            f"input batch has per-sample shape {list(x.shape[1:])}, "
-            f"the model expects {list(expected)}"
-        )
-    env: dict[str, np.ndarray] = {inputs[0].result: np.ascontiguousarray(x, dtype=dtype)}
-    frees = last_uses(g, keep)
-    for i, n in enumerate(g.nodes):
+def run_nodes(
+    g: Graph,
+    first: int,
+    stop: int,
+    env: dict[str, np.ndarray],
+    frees: dict[int, list[str]],
+    observe: Callable[[str, np.ndarray], None] | None = None,
+) -> None:
+    """Execute nodes ``first`` ≤ i < ``stop`` of ``g`` on the values in ``env`` (updated in
+    place), dropping each value after its last reader (``frees``, from :func:`last_uses`);
+    ``observe(name, value)`` sees every value it is given, as it is computed."""
+    for i in range(first, stop):
+        n = g.nodes[i]
         if n.op == "input":
             continue
         kernel = ANN_KERNELS.get(n.op)
@@ -171,8 +183,35 @@ def run_ann(
                 "(spiking ops run in the SNN runtime)"
             )
         env[n.result] = kernel(_operands(g, n, env), n.attrs)
+        if observe is not None:
+            observe(n.result, env[n.result])
         for v in frees.get(i, []):
             env.pop(v, None)
+
+
+def check_input(g: Graph, x: np.ndarray) -> str:
+    """The name of ``g``'s single input, after checking ``x``'s per-sample shape against it."""
+    inputs = g.inputs()
+    if len(inputs) != 1:
+        raise BsnncError(f"the ANN reference needs exactly one input, graph has {len(inputs)}")
+    expected = inputs[0].type.shape[1:]
+    if tuple(x.shape[1:]) != expected:
+        raise BsnncError(
+            f"input batch has per-sample shape {list(x.shape[1:])}, "
+            f"the model expects {list(expected)}"
+        )
+    return inputs[0].result
+
+
+def run_ann(
+    g: Graph, x: np.ndarray, keep: Collection[str] = (), dtype: type[np.floating] = np.float32
+) -> dict[str, np.ndarray]:
+    """Run ``g`` on the batch ``x`` (fed to its single input); returns output name → array,
+    plus the values named in ``keep`` (e.g. every IF layer, for calibration). Every value is
+    computed in ``dtype`` (float32, as onnxruntime does, or float64 for calibration)."""
+    name = check_input(g, x)
+    env: dict[str, np.ndarray] = {name: np.ascontiguousarray(x, dtype=dtype)}
+    run_nodes(g, 0, len(g.nodes), env, last_uses(g, keep))
     return {o: env[o] for o in [*g.outputs, *keep]}
 
 

@@ -152,6 +152,30 @@ def test_verifier_checks_constant_data_and_hash() -> None:
         verify(g)
 
 
+def test_verifier_hashes_each_constant_once_per_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``checked``, an unchanged constant is hashed once over many calls; a constant given
+    new data (or a new constant) is hashed again, and a mismatch is still caught."""
+    import bsnnc.ir.verifier as verifier
+
+    hashed: list[str] = []
+    real = verifier.digest_array
+    monkeypatch.setattr(
+        verifier, "digest_array", lambda kind, data: hashed.append(kind.value) or real(kind, data)
+    )
+    g = small_graph()
+    checked: dict[int, tuple[Constant, np.ndarray]] = {}
+    for _ in range(3):
+        verify(g, checked=checked)
+    assert len(hashed) == len(g.constants)
+    c = g.constants["w0"]
+    assert c.data is not None
+    c.data = c.data.copy()  # the same constant, new data: hashed again, and found wrong
+    c.data[0, 0, 0, 0] += 1.0
+    with pytest.raises(VerifyError, match=r"@w0: content hash #[0-9a-f]{16} does not match"):
+        verify(g, checked=checked)
+    assert len(hashed) == len(g.constants) + 1
+
+
 def test_verifier_rejects_bad_shapes_and_kinds() -> None:
     b = GraphBuilder("bad")
     x = b.input("x", TensorType(Kind.F32, (None, 3, 4, 4)))

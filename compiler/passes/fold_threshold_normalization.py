@@ -52,6 +52,7 @@ weights cannot absorb per-input-channel factors.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -71,6 +72,7 @@ from bsnnc.ir.graph import Graph, Node, channel_param
 from bsnnc.ir.ops import Trait, has_trait, if_init, if_levels, if_step, threshold_unit
 from bsnnc.ir.types import Kind
 from bsnnc.ir.verifier import verify_spiking
+from bsnnc.runtime.staged import Stage, plan_stages, run_staged
 
 #: live activations during calibration stay near this many bytes.
 CALIB_BYTES = 256 << 20
@@ -200,15 +202,13 @@ def _tie_concatenated(
     return out
 
 
-def calibration_batch(g: Graph, at_most: int, budget: int = CALIB_BYTES) -> int:
-    """Images per calibration batch: at most ``at_most``, and about ``budget`` bytes of live
-    activations (float64: every IF layer's output is kept, plus the three largest values in
-    flight)."""
-    sizes = [n.type.numel_per_sample() for n in g.nodes]
-    per_image = 8 * (
-        sum(n.type.numel_per_sample() for n in g.nodes if n.op == "if") + 3 * max(sizes)
-    )
-    return max(1, min(at_most, budget // per_image))
+def calibration_stages(
+    g: Graph, images: int, at_most: int, budget: int | None = None
+) -> list[Stage]:
+    """The calibration ANN's stages (:func:`bsnnc.runtime.staged.plan_stages`): each runs
+    on as many images (at most ``at_most``) as keep about ``budget`` (default
+    :data:`CALIB_BYTES`) bytes of float64 values in flight."""
+    return plan_stages(g, images, at_most, CALIB_BYTES if budget is None else budget)
 
 
 def quantizer_lambda(n: Node) -> float | None:
@@ -258,13 +258,18 @@ def _calibrate_images(g: Graph, opts: PassOptions) -> Calibration:
     images = opts.calib()
     p = 100.0 if opts.percentile >= 100 else opts.percentile
     cal = Calibrator(g, len(images), p, opts.statistic, opts.granularity == "channel")
-    batch = calibration_batch(g, opts.calib_batch)
-    what, done = f"calibrating on {len(images)} images", 0
-    opts.progress(what, 0, len(images))
-    for x in batches(images, batch):
-        cal.add(x)
-        done += x.shape[0]
-        opts.progress(what, done, len(images))
+    stages = calibration_stages(g, len(images), opts.calib_batch)
+    what = f"calibrating on {len(images)} images"
+
+    def fed() -> Iterator[np.ndarray]:
+        done = 0
+        opts.progress(what, 0, len(images))
+        for x in batches(images, stages[0].batch):
+            yield x
+            done += x.shape[0]
+            opts.progress(what, done, len(images))
+
+    run_staged(g, fed(), stages, cal.observe)
     layers = tuple(
         CalibratedLayer(s.loc, i, tuple(s.lam.tolist()), tuple(s.maximum.tolist()))
         for i, s in enumerate(cal.result())
