@@ -21,10 +21,11 @@ Speed (VGG-15 at ImageNet shape, 80 images: 1.24 T multiply-accumulates). The AN
 stages (:mod:`bsnnc.runtime.staged`), each on as many images as its memory allows (the
 dense layers' weights are converted to float64 once for 64 images, not once per image), and
 3×3 stride-1 layers of ≥ 16 M multiply-accumulates per image run as Winograd F(4×4, 3×3)
-(:mod:`bsnnc.runtime.winograd`: 4× fewer products). Winograd rounds differently from the
+(:mod:`bsnnc.runtime.winograd`: 4× fewer products) when they add up to enough work to pay
+for numba's start-up (:func:`bsnnc.runtime.ann.kernels_for`). Winograd rounds differently from the
 direct convolution, by ~1e-14 of the output's scale: the odds that λ's float32 rounding
-notices are ~1e-7 per layer, and on every zoo model the thresholds are the same bits either
-way (``tests/test_winograd.py``).
+notices are ~1e-7 per λ (a layer has one, or one per channel), and on every zoo model the
+thresholds are the same bits either way (``tests/test_winograd.py``).
 """
 
 from __future__ import annotations

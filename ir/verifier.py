@@ -25,14 +25,15 @@ def verify(
     g: Graph,
     *,
     check_data: bool = True,
-    checked: dict[int, tuple[Constant, np.ndarray]] | None = None,
+    checked: dict[int, Checked] | None = None,
 ) -> None:
     """Raise :class:`VerifyError` naming the first broken invariant and its node.
 
-    ``checked`` (id → (constant, its data)) lets a sequence of calls hash each constant's data
-    once: a constant found there (the same object, holding the same array) is not hashed
-    again, and every constant checked is added (the dict holds both, so neither id is reused
-    meanwhile).
+    ``checked`` (id → (constant, its data, digest and type when checked)) lets a sequence of
+    calls hash each constant's data once: a constant found there (the same object, holding the
+    same array under the same digest and type) is not hashed again, and every constant checked
+    is added (the dict holds them, so no id is reused meanwhile). What it cannot see is an
+    array changed in place — no pass does that: they build new constants.
     A pass pipeline passes one dict through all its passes: most constants pass through
     unchanged, and VGG-15's 122 M weights took 0.1 s to hash after each pass."""
     _verify_constants(g, check_data, checked)
@@ -50,19 +51,22 @@ def verify(
             raise VerifyError(f"graph @{g.name} returns %{o}, which is not defined")
 
 
-def _verify_constants(
-    g: Graph, check_data: bool, checked: dict[int, tuple[Constant, np.ndarray]] | None
-) -> None:
+#: a constant as :func:`verify` hashed it: (the constant, its data, digest and type then)
+Checked = tuple[Constant, np.ndarray, str, TensorType]
+
+
+def _verify_constants(g: Graph, check_data: bool, checked: dict[int, Checked] | None) -> None:
     for name, c in g.constants.items():
         if name != c.name:
             raise VerifyError(f"constant key {name!r} holds @{c.name}")
         if check_data and c.data is not None:
+            now = (c, c.data, c.digest, c.type)
             seen = checked.get(id(c)) if checked is not None else None
-            if seen is not None and seen[0] is c and seen[1] is c.data:
+            if seen and seen[0] is c and seen[1] is c.data and seen[2:] == now[2:]:
                 continue
             _verify_constant_data(c)
             if checked is not None:
-                checked[id(c)] = (c, c.data)
+                checked[id(c)] = now
 
 
 def _verify_constant_data(c: Constant) -> None:

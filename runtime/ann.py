@@ -10,7 +10,7 @@ activations of the batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 
 import numpy as np
 
@@ -90,21 +90,56 @@ ANN_KERNELS: dict[str, Kernel] = {
 #: ImageNet-sized networks (VGG-15 ImageNet: 3.4× less time in its convolutions). Smaller ones
 #: (the digits models: ≤ 5 M) stay direct, and compiling them never loads numba (0.6 s, 70 MB).
 WINOGRAD_MIN_MACS = 1 << 24
+#: …when a whole run of them adds up to at least this many (images × per image): below it,
+#: numba's start-up (0.6 s, 70 MB) costs more than Winograd saves (ResNet-18 with 16
+#: calibration images: 27 G, 3.5 s either way)
+WINOGRAD_MIN_RUN_MACS = 1 << 36
 
 
-def _conv2d(xs: list[np.ndarray], a: Attrs) -> np.ndarray:
-    """``conv2d`` in the float type of its input: in float64, a 3×3 stride-1 convolution of
-    at least :data:`WINOGRAD_MIN_MACS` per image by Winograd, the others by im2col and one
-    GEMM (:func:`bsnnc.runtime.kernels.conv2d`)."""
+def winograd_macs(g: Graph) -> int:
+    """Per image, the multiply-accumulates of ``g``'s convolutions that float64 runs do by
+    Winograd (3×3, stride 1, dilation 1, at least :data:`WINOGRAD_MIN_MACS`)."""
+    total = 0
+    for n in g.nodes:
+        if n.op != "conv2d":
+            continue
+        w = g.constants[n.const_operands()[0]].type.shape
+        if tuple(w[2:]) != (3, 3) or attr_ints(n.attrs, "stride") != (1, 1):
+            continue
+        if attr_ints(n.attrs, "dilation") != (1, 1):
+            continue
+        macs = int(n.type.shape[2] or 1) * int(n.type.shape[3] or 1) * int(w[0] or 1)
+        macs *= int(w[1] or 1) * 9
+        total += macs if macs >= WINOGRAD_MIN_MACS else 0
+    return total
+
+
+def _conv2d(xs: list[np.ndarray], a: Attrs, winograd: bool = True) -> np.ndarray:
+    """``conv2d`` in the float type of its input: in float64 (and with ``winograd``), a 3×3
+    stride-1 convolution of at least :data:`WINOGRAD_MIN_MACS` per image by Winograd, the
+    others by im2col and one GEMM (:func:`bsnnc.runtime.kernels.conv2d`)."""
     x, w = xs[0].astype(_float(xs[0]), copy=False), xs[1]
     stride, dilation, pads = _pair(a, "stride"), _pair(a, "dilation"), _pads(a)
-    if x.dtype == np.float64 and w.shape[2:] == (3, 3) and stride == dilation == (1, 1):
+    if (
+        winograd
+        and x.dtype == np.float64
+        and w.shape[2:] == (3, 3)
+        and stride == dilation == (1, 1)
+    ):
         oh, ow = x.shape[2] + pads[0] + pads[2] - 2, x.shape[3] + pads[1] + pads[3] - 2
         if oh * ow * w.shape[0] * w.shape[1] * 9 >= WINOGRAD_MIN_MACS:
-            from bsnnc.runtime import winograd  # numba compiles it: loaded only when used
+            from bsnnc.runtime import winograd as wg  # numba compiles it: loaded only when used
 
-            return winograd.conv3x3(x, winograd.filter_transform(w), pads)
+            return wg.conv3x3(x, wg.filter_transform(w), pads)
     return K.conv2d(x, w, stride, pads, dilation)
+
+
+def kernels_for(images: int, g: Graph) -> Mapping[str, Kernel]:
+    """The ANN kernels for a float64 run of ``g`` on ``images`` images: Winograd for its
+    large 3×3 layers when they add up to :data:`WINOGRAD_MIN_RUN_MACS`, else all direct."""
+    if images * winograd_macs(g) >= WINOGRAD_MIN_RUN_MACS:
+        return ANN_KERNELS
+    return {**ANN_KERNELS, "conv2d": lambda xs, a: _conv2d(xs, a, winograd=False)}
 
 
 def quantize(x: np.ndarray, step: np.ndarray | float, levels: int) -> np.ndarray:
@@ -168,15 +203,16 @@ def run_nodes(
     env: dict[str, np.ndarray],
     frees: dict[int, list[str]],
     observe: Callable[[str, np.ndarray], None] | None = None,
+    kernels: Mapping[str, Kernel] = ANN_KERNELS,
 ) -> None:
     """Execute nodes ``first`` ≤ i < ``stop`` of ``g`` on the values in ``env`` (updated in
-    place), dropping each value after its last reader (``frees``, from :func:`last_uses`);
-    ``observe(name, value)`` sees every value it is given, as it is computed."""
+    place) with ``kernels``, dropping each value after its last reader (``frees``, from
+    :func:`last_uses`); ``observe(name, value)`` sees every value as it is computed."""
     for i in range(first, stop):
         n = g.nodes[i]
         if n.op == "input":
             continue
-        kernel = ANN_KERNELS.get(n.op)
+        kernel = kernels.get(n.op)
         if kernel is None:
             raise BsnncError(
                 f"{n.where()}: op '{n.op}' has no ANN reference kernel "

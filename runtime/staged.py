@@ -19,13 +19,13 @@ depend on the number of rows — which calibration's float32 rounding of λ abso
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from bsnnc.ir.graph import Graph
-from bsnnc.runtime.ann import check_input, last_uses, run_nodes
+from bsnnc.runtime.ann import ANN_KERNELS, Kernel, check_input, last_uses, run_nodes
 
 Values = dict[str, np.ndarray]
 
@@ -93,35 +93,38 @@ def plan_stages(g: Graph, images: int, at_most: int, budget: int, itemsize: int 
     ]
 
 
-def _merge(parts: list[Values]) -> Values:
+#: a batch of images in flight between stages: (images, the values handed on)
+Batch = tuple[int, Values]
+
+
+def _merge(parts: list[Batch]) -> Batch:
     if len(parts) == 1:
         return parts[0]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    values = {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
+    return sum(p[0] for p in parts), values
 
 
 def _run_stage(
     g: Graph,
     stage: Stage,
-    upstream: Iterator[Values],
+    upstream: Iterator[Batch],
     frees: dict[int, list[str]],
     observe: Callable[[str, np.ndarray], None],
-) -> Iterator[Values]:
+    kernels: Mapping[str, Kernel],
+) -> Iterator[Batch]:
     """``stage`` over the batches of its predecessor, joined ``stage.batch`` images at a time."""
-    pending: list[Values] = []
-    count = 0
+    pending: list[Batch] = []
 
-    def flush() -> Values:
-        env = _merge(pending)
+    def flush() -> Batch:
+        images, env = _merge(pending)
         pending.clear()
-        run_nodes(g, stage.first, stage.stop, env, frees, observe)
-        return {v: env[v] for v in stage.hand_on}
+        run_nodes(g, stage.first, stage.stop, env, frees, observe, kernels)
+        return images, {v: env[v] for v in stage.hand_on}
 
     for part in upstream:
         pending.append(part)
-        count += next(iter(part.values())).shape[0]
-        if count >= stage.batch:
+        if sum(p[0] for p in pending) >= stage.batch:
             yield flush()
-            count = 0
     if pending:
         yield flush()
 
@@ -132,19 +135,22 @@ def run_staged(
     stages: list[Stage],
     observe: Callable[[str, np.ndarray], None],
     dtype: type[np.floating] = np.float64,
+    kernels: Mapping[str, Kernel] = ANN_KERNELS,
 ) -> None:
     """Run ``g`` in ``dtype`` on the image batches ``batches`` (each of ``stages[0].batch``
     images, the last one maybe fewer) through ``stages`` (:func:`plan_stages`), calling
-    ``observe(name, value)`` for every value as it is computed, a stage's batch at a time."""
+    ``observe(name, value)`` for every value as it is computed, a stage's batch at a time,
+    with ``kernels`` (e.g. :func:`bsnnc.runtime.ann.kernels_for`)."""
 
-    def source() -> Iterator[Values]:
+    def source() -> Iterator[Batch]:
         for x in batches:
             name = check_input(g, x)
-            yield {name: np.ascontiguousarray(x, dtype=dtype)}
+            if x.shape[0]:
+                yield x.shape[0], {name: np.ascontiguousarray(x, dtype=dtype)}
 
     frees = last_uses(g)  # a value handed on is read after its stage: never freed in it
-    flow: Iterator[Values] = source()
+    flow: Iterator[Batch] = source()
     for stage in stages:
-        flow = _run_stage(g, stage, flow, frees, observe)
+        flow = _run_stage(g, stage, flow, frees, observe, kernels)
     for _ in flow:
         pass

@@ -14,10 +14,15 @@ gather of overlapping 6×6 tiles) and the output transform run here, compiled wi
 parallel over tiles, in a fixed order per tile.
 
 Exactness: the result is the same linear map as the direct convolution, rounded differently:
-float64 with relative error ~1e-15 of the output's scale (the transforms' coefficients are at
-most 8 and the sums short), the size of the difference between two BLAS kernels' summation
-orders. Calibration rounds its λ to float32 (grid ~6e-8 relative), which absorbs both
-(:mod:`bsnnc.compiler.calibrate`).
+float64 with an error of ~1e-14 of the output's scale (measured 0.8–2.3e-14 on VGG-15's
+shapes; the transforms' coefficients are at most 8 and their sums short), a hundred times the
+difference between two BLAS kernels' summation orders. Calibration rounds its λ to float32
+(grid ~6e-8 relative), which absorbs both (:mod:`bsnnc.compiler.calibrate`).
+
+Threads: one per CPU the process may run on (``os.sched_getaffinity``), each taking a share
+of the tile rows in the transforms and of the 36 products, with OpenBLAS on one thread
+meanwhile (numba's and OpenBLAS's own pools spin after their parallel regions and slowed each
+other by 40 %). Every tile and product is computed the same way whatever the thread count.
 """
 
 from __future__ import annotations
@@ -70,9 +75,11 @@ AT = np.array(
 )
 #: the input and output tiles of F(4×4, 3×3)
 TILE_IN, TILE_OUT = 6, 4
-#: tiles per block: the transformed input and the products of a block stay near this many bytes
+#: tiles per block: the transformed input and the products of a block stay near this many
+#: bytes…
 BLOCK_BYTES = 16 << 20
-#: …but at least this many tiles per block (the products' width)
+#: …unless that is fewer tiles than this (the products' rows; VGG-15's 512-channel layers at
+#: 14 × 14 then take ~38 MB)
 MIN_TILES = 128
 
 
@@ -212,6 +219,8 @@ def conv3x3(x: np.ndarray, u: np.ndarray, pad: tuple[int, int, int, int]) -> np.
     oh, ow = h + pad[0] + pad[2] - 2, w + pad[1] + pad[3] - 2
     th, tw = -(-oh // TILE_OUT), -(-ow // TILE_OUT)
     out = np.empty((n, o, oh, ow))
+    if out.size == 0:
+        return out
     per_row = TILE_IN * TILE_IN * tw * (c + o) * 8
     step = min(n * th, max(1, BLOCK_BYTES // per_row, -(-MIN_TILES // tw)))
     vb = mk = np.empty((0, 0, 0))

@@ -169,11 +169,17 @@ def test_verifier_hashes_each_constant_once_per_pipeline(monkeypatch: pytest.Mon
     assert len(hashed) == len(g.constants)
     c = g.constants["w0"]
     assert c.data is not None
-    c.data = c.data.copy()  # the same constant, new data: hashed again, and found wrong
+    good, c.data = c.data, c.data.copy()  # the same constant, new data: hashed again, wrong
     c.data[0, 0, 0, 0] += 1.0
     with pytest.raises(VerifyError, match=r"@w0: content hash #[0-9a-f]{16} does not match"):
         verify(g, checked=checked)
     assert len(hashed) == len(g.constants) + 1
+    c.data = good
+    verify(g, checked=checked)
+    w1 = g.constants["w1"]
+    w1.digest = "0" * 16  # the same data under another digest: hashed again
+    with pytest.raises(VerifyError, match=r"@w1: content hash #[0-9a-f]{16} does not match"):
+        verify(g, checked=checked)
 
 
 def test_verifier_rejects_bad_shapes_and_kinds() -> None:

@@ -84,9 +84,14 @@ def test_folded_graph_read_as_an_ann_computes_the_original_logits(name: str) -> 
     assert checked == 3
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize(
+    "name",
+    [MODELS[0], pytest.param(MODELS[1], marks=pytest.mark.examples)],  # the second: --examples
+)
 def test_snn_reaches_the_ann_by_t64(name: str) -> None:
-    """Done-when: within 1 point of the ANN by T = 64 (450 test images, half start)."""
+    """Done-when: within 1 point of the ANN by T = 64 (450 test images, half start). The
+    dynamo export's curve (4 s, the same network through the other exporter) runs with
+    ``pytest --examples``."""
     _, g = _converted(name)
     test = load_images("digits", split="test")
     ann = ann_accuracy(g, test)[0]

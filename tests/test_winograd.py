@@ -14,6 +14,7 @@ from zoo import ZOO
 from bsnnc.compiler.frontend.importer import import_onnx
 from bsnnc.compiler.passes import PassOptions, run_pipeline
 from bsnnc.compiler.passes.base import Calibration
+from bsnnc.ir import GraphBuilder, Kind, TensorType
 from bsnnc.ir.graph import Graph
 from bsnnc.runtime import ann, winograd
 from bsnnc.runtime import kernels as K
@@ -30,6 +31,7 @@ from bsnnc.runtime.staged import node_bytes, plan_stages, run_staged
         (1, 16, 7, 5, 4, (2, 0, 1, 2)),  # asymmetric padding
         (2, 5, 3, 3, 3, (0, 0, 0, 0)),  # a single output
         (4, 32, 20, 20, 40, (1, 1, 1, 1)),
+        (2, 2, 2, 1, 3, (3, 3, 0, 3)),  # an image smaller than the filter, wide padding
     ],
 )
 @pytest.mark.parametrize("binary", [True, False])
@@ -44,6 +46,22 @@ def test_conv3x3_equals_the_direct_convolution(
     got = winograd.conv3x3(x, winograd.filter_transform(weights), pad)
     assert got.shape == direct.shape and got.dtype == np.float64
     assert np.max(np.abs(got - direct)) <= 1e-13 * np.max(np.abs(direct))
+
+
+def test_conv3x3_in_many_blocks_and_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of a few tile rows (the last one partial) give the same bits as one block."""
+    rng = np.random.default_rng(7)
+    x = np.maximum(rng.standard_normal((3, 6, 17, 10)), 0)
+    u = winograd.filter_transform(np.sign(rng.standard_normal((5, 6, 3, 3))).astype(np.int8))
+    whole = winograd.conv3x3(x, u, (1, 1, 1, 1))
+    monkeypatch.setattr(winograd, "MIN_TILES", 1)
+    monkeypatch.setattr(winograd, "BLOCK_BYTES", 36 * 3 * 11 * 8 * 2)  # 2 of 15 tile rows
+    np.testing.assert_array_equal(winograd.conv3x3(x, u, (1, 1, 1, 1)), whole)
+
+
+def test_conv3x3_of_no_images() -> None:
+    u = winograd.filter_transform(np.ones((4, 3, 3, 3), np.int8))
+    assert winograd.conv3x3(np.zeros((0, 3, 9, 9)), u, (1, 1, 1, 1)).shape == (0, 4, 9, 9)
 
 
 def test_filter_transform_is_g_w_gt() -> None:
@@ -68,6 +86,31 @@ def test_winograd_runs_only_where_it_pays(monkeypatch: pytest.MonkeyPatch) -> No
     assert calls == [(1, 64, 32, 32)]
 
 
+def test_winograd_only_for_runs_that_pay_for_numba(zoo_data: Path) -> None:
+    """A calibration run uses Winograd when its large 3×3 layers add up to
+    WINOGRAD_MIN_RUN_MACS (images × per image); the digits-sized zoo never does."""
+    g = _calibration_graph("vgg_small", zoo_data)
+    assert ann.winograd_macs(g) == 0  # its layers are below WINOGRAD_MIN_MACS
+    assert ann.kernels_for(10**9, g)["conv2d"] is not ann.ANN_KERNELS["conv2d"]
+    x = np.ones((1, 64, 32, 32))
+    b = GraphBuilder("wide")
+    v = b.input("x", TensorType(Kind.F32, (None, 64, 32, 32)))
+    w = b.const("w", Kind.BIPOLAR, np.ones((64, 64, 3, 3)))
+    v = b.add("conv2d", [v, w], {"pad": (1, 1, 1, 1)})
+    wide = b.finish([v])
+    per_image = 32 * 32 * 64 * 64 * 9
+    assert ann.winograd_macs(wide) == per_image
+    few = -(-ann.WINOGRAD_MIN_RUN_MACS // per_image) - 1
+    assert ann.kernels_for(few, wide) is not ann.ANN_KERNELS
+    assert ann.kernels_for(few + 1, wide) is ann.ANN_KERNELS
+    direct = ann.kernels_for(few, wide)["conv2d"](
+        [x, np.ones((64, 64, 3, 3), np.int8)], wide.nodes[-1].attrs
+    )
+    np.testing.assert_array_equal(
+        direct, K.conv2d(x, np.ones((64, 64, 3, 3), np.int8), (1, 1), (1, 1, 1, 1), (1, 1))
+    )
+
+
 def _values(g: Graph) -> list[str]:
     return [n.result for n in g.nodes if n.op != "input"]
 
@@ -85,9 +128,11 @@ def test_stages_cover_the_graph_with_growing_batches(zoo_data: Path) -> None:
         assert all(s.batch * need[i] <= budget for i in range(s.first, s.stop))
 
 
-def test_staged_run_computes_what_one_batch_computes(zoo_data: Path) -> None:
-    g = _calibration_graph("vgg_small", zoo_data)
-    x = np.load(zoo_data / "vgg_small.npz")["x"][:45]
+@pytest.mark.parametrize("name", ["vgg_small", "residual", "dense_concat"])
+def test_staged_run_computes_what_one_batch_computes(name: str, zoo_data: Path) -> None:
+    """Stage cuts inside residual and concatenated branches hand the branches on."""
+    g = _calibration_graph(name, zoo_data)
+    x = np.load(zoo_data / f"{name}.npz")["x"][:45]
     stages = plan_stages(g, 45, 64, budget=max(node_bytes(g)) * 3)
     assert len(stages) > 1 and 45 % stages[-1].batch != 0  # the last batches are partial
     seen: dict[str, list[np.ndarray]] = {}
@@ -131,6 +176,7 @@ def test_calibration_is_the_same_with_winograd_and_stages(
         monkeypatch.setattr(f"{fold}.CALIB_BYTES", 1 << 40)
         direct = _calibrate(name, zoo_data, granularity)
         monkeypatch.setattr(ann, "WINOGRAD_MIN_MACS", 0)
+        monkeypatch.setattr(ann, "WINOGRAD_MIN_RUN_MACS", 0)
         g = _calibration_graph(name, zoo_data)
         monkeypatch.setattr(f"{fold}.CALIB_BYTES", max(node_bytes(g)) * 2)
         fast = _calibrate(name, zoo_data, granularity)

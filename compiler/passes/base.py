@@ -16,11 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from bsnnc.ir.errors import BsnncError
-from bsnnc.ir.graph import Constant, Graph
-from bsnnc.ir.verifier import verify
+from bsnnc.ir.graph import Graph
+from bsnnc.ir.verifier import Checked, verify
 from bsnnc.runtime.datasets import Images
 
 #: progress of long work inside a pass: ``(what, done, total)``, called with ``done = 0``
@@ -177,11 +175,13 @@ def run_passes(
     after each one (``i`` counts from ``first_index``)."""
     opts = options or PassOptions()
     out = PipelineResult(g)
-    checked: dict[int, tuple[Constant, np.ndarray]] = {}  # constants hashed once
+    checked: dict[int, Checked] = {}  # constants hashed once
     for i, p in enumerate(passes, start=first_index):
         t0 = time.perf_counter()
         r = p.run(out.graph, opts)
         verify(r.graph, checked=checked)
+        live = {id(c) for c in r.graph.constants.values()}
+        checked = {k: v for k, v in checked.items() if k in live}  # keep no dropped weights
         out.passes.append(PassRecord(p.name, time.perf_counter() - t0, r.changed))
         out.graph = r.graph
         out.notes += r.notes

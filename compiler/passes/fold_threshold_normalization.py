@@ -72,10 +72,11 @@ from bsnnc.ir.graph import Graph, Node, channel_param
 from bsnnc.ir.ops import Trait, has_trait, if_init, if_levels, if_step, threshold_unit
 from bsnnc.ir.types import Kind
 from bsnnc.ir.verifier import verify_spiking
+from bsnnc.runtime.ann import kernels_for
 from bsnnc.runtime.staged import Stage, plan_stages, run_staged
 
-#: live activations during calibration stay near this many bytes.
-CALIB_BYTES = 256 << 20
+#: float64 values in flight during calibration stay near this many bytes (per stage)
+CALIB_BYTES = 128 << 20
 #: ops that carry an IF layer's spikes (and so its λ) to the next IF or readout
 _THROUGH = (Trait.AFFINE, Trait.POOL, Trait.SHAPE, Trait.WEIGHTED)
 
@@ -262,14 +263,18 @@ def _calibrate_images(g: Graph, opts: PassOptions) -> Calibration:
     what = f"calibrating on {len(images)} images"
 
     def fed() -> Iterator[np.ndarray]:
+        """The images in the first stage's batches; progress counts the images it has taken
+        (all of them only once every stage is done)."""
         done = 0
         opts.progress(what, 0, len(images))
         for x in batches(images, stages[0].batch):
             yield x
             done += x.shape[0]
-            opts.progress(what, done, len(images))
+            if done < len(images):
+                opts.progress(what, done, len(images))
 
-    run_staged(g, fed(), stages, cal.observe)
+    run_staged(g, fed(), stages, cal.observe, kernels=kernels_for(len(images), g))
+    opts.progress(what, len(images), len(images))
     layers = tuple(
         CalibratedLayer(s.loc, i, tuple(s.lam.tolist()), tuple(s.maximum.tolist()))
         for i, s in enumerate(cal.result())
