@@ -118,10 +118,9 @@ class Calibrator:
         layers' are ignored."""
         if name not in self.image_max:
             return
-        rows = _channels_first(a, self.channel)
-        m = rows.max(axis=1)
-        self.maximum[name] = np.maximum(self.maximum.get(name, m), m)
         if self.statistic == "activations":
+            rows = _channels_first(a, self.channel)
+            m = rows.max(axis=1)
             self.tops[name].add(rows)
         else:
             per_image = (
@@ -130,6 +129,8 @@ class Calibrator:
                 else a.reshape(a.shape[0], -1).max(axis=1, keepdims=True)
             )
             self.image_max[name].append(per_image)
+            m = per_image.max(axis=0)  # the batch's maximum: one pass over the values, not two
+        self.maximum[name] = np.maximum(self.maximum.get(name, m), m)
 
     def result(self) -> list[LayerStat]:
         """λ per IF layer (never 0: a silent layer falls back to its maximum, then to 1)."""
