@@ -50,7 +50,7 @@ def _affine(xs: list[np.ndarray], a: Attrs, key: str, add: bool) -> np.ndarray:
 
 
 ANN_KERNELS: dict[str, Kernel] = {
-    "conv2d": lambda xs, a: _conv2d(xs, a),
+    "conv2d": lambda xs, a: _conv2d(xs, a, winograd=False),
     "dense": lambda xs, a: K.dense(xs[0].astype(_float(xs[0]), copy=False), xs[1]),
     "avgpool": lambda xs, a: K.avgpool(
         xs[0],
@@ -85,10 +85,11 @@ ANN_KERNELS: dict[str, Kernel] = {
 }
 
 
-#: float64 3×3 stride-1 convolutions of at least this many multiply-accumulates per image run
-#: as Winograd F(4×4, 3×3) (:mod:`bsnnc.runtime.winograd`): calibration's bulk on CIFAR- and
-#: ImageNet-sized networks (VGG-15 ImageNet: 3.4× less time in its convolutions). Smaller ones
-#: (the digits models: ≤ 5 M) stay direct, and compiling them never loads numba (0.6 s, 70 MB).
+#: in calibration (:func:`kernels_for`), float64 3×3 stride-1 convolutions of at least this
+#: many multiply-accumulates per image run as Winograd F(4×4, 3×3)
+#: (:mod:`bsnnc.runtime.winograd`): the bulk of CIFAR- and ImageNet-sized networks (VGG-15
+#: ImageNet: 3.4× less time in its convolutions). Smaller ones (the digits models: ≤ 5 M)
+#: stay direct, and compiling them never loads numba (0.6 s, 70 MB).
 WINOGRAD_MIN_MACS = 1 << 24
 #: …when a whole run of them adds up to at least this many (images × per image): below it,
 #: numba's start-up (0.6 s, 70 MB) costs more than Winograd saves (ResNet-18 with 16
@@ -114,10 +115,12 @@ def winograd_macs(g: Graph) -> int:
     return total
 
 
-def _conv2d(xs: list[np.ndarray], a: Attrs, winograd: bool = True) -> np.ndarray:
+def _conv2d(xs: list[np.ndarray], a: Attrs, winograd: bool) -> np.ndarray:
     """``conv2d`` in the float type of its input: in float64 (and with ``winograd``), a 3×3
     stride-1 convolution of at least :data:`WINOGRAD_MIN_MACS` per image by Winograd, the
-    others by im2col and one GEMM (:func:`bsnnc.runtime.kernels.conv2d`)."""
+    others by im2col and one GEMM (:func:`bsnnc.runtime.kernels.conv2d`). Only calibration
+    asks for Winograd (:func:`kernels_for`); :data:`ANN_KERNELS`, which the spiking runtime
+    also calls, is direct."""
     x, w = xs[0].astype(_float(xs[0]), copy=False), xs[1]
     stride, dilation, pads = _pair(a, "stride"), _pair(a, "dilation"), _pads(a)
     if (
@@ -135,11 +138,12 @@ def _conv2d(xs: list[np.ndarray], a: Attrs, winograd: bool = True) -> np.ndarray
 
 
 def kernels_for(images: int, g: Graph) -> Mapping[str, Kernel]:
-    """The ANN kernels for a float64 run of ``g`` on ``images`` images: Winograd for its
-    large 3×3 layers when they add up to :data:`WINOGRAD_MIN_RUN_MACS`, else all direct."""
+    """The ANN kernels for a float64 run of ``g`` on ``images`` images (calibration):
+    Winograd for its large 3×3 layers when they add up to :data:`WINOGRAD_MIN_RUN_MACS`,
+    else :data:`ANN_KERNELS` (all direct)."""
     if images * winograd_macs(g) >= WINOGRAD_MIN_RUN_MACS:
-        return ANN_KERNELS
-    return {**ANN_KERNELS, "conv2d": lambda xs, a: _conv2d(xs, a, winograd=False)}
+        return {**ANN_KERNELS, "conv2d": lambda xs, a: _conv2d(xs, a, winograd=True)}
+    return ANN_KERNELS
 
 
 def quantize(x: np.ndarray, step: np.ndarray | float, levels: int) -> np.ndarray:
