@@ -29,21 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bsnnc.ir.graph import Graph, Node, attr_ints
-from bsnnc.runtime.ann import WINOGRAD_MIN_MACS
+from bsnnc.ir.graph import Graph
+from bsnnc.runtime.ann import node_winograd_macs
 from bsnnc.runtime.artifact import read_artifact
 
 ROOT = Path(__file__).resolve().parents[1]
 #: a timed product has at least this many rows
 ROWS = 512
-
-
-def _winograd(g: Graph, n: Node) -> bool:
-    """Whether calibration runs conv2d ``n`` as Winograd (the rule of ``runtime.ann``)."""
-    w = g.constants[n.const_operands()[0]].type.shape
-    geometry = attr_ints(n.attrs, "stride"), attr_ints(n.attrs, "dilation")
-    macs = int(n.type.shape[2] or 1) * int(n.type.shape[3] or 1) * math.prod(int(d or 1) for d in w)
-    return tuple(w[2:]) == (3, 3) and geometry == ((1, 1), (1, 1)) and macs >= WINOGRAD_MIN_MACS
 
 
 def float64_floor(g: Graph, images: int) -> tuple[float, float, float]:
@@ -63,7 +55,7 @@ def float64_floor(g: Graph, images: int) -> tuple[float, float, float]:
         conv = n.op == "conv2d"
         oh, ow = (int(n.type.shape[2] or 1), int(n.type.shape[3] or 1)) if conv else (1, 1)
         direct += oh * ow * k * o * images
-        if conv and _winograd(g, n):
+        if conv and node_winograd_macs(g, n):
             m, k, times = -(-oh // 4) * -(-ow // 4), int(w[1] or 1), 36
         else:
             m, times = oh * ow, 1

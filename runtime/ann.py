@@ -10,6 +10,7 @@ activations of the batch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Iterator, Mapping
 
 import numpy as np
@@ -97,40 +98,43 @@ WINOGRAD_MIN_MACS = 1 << 24
 WINOGRAD_MIN_RUN_MACS = 1 << 36
 
 
+def winograd_ok(
+    kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...], macs: int
+) -> bool:
+    """Whether calibration runs a convolution as Winograd: 3×3, stride 1, dilation 1 and at
+    least :data:`WINOGRAD_MIN_MACS` multiply-accumulates (``macs``) per image."""
+    square = tuple(kernel) == (3, 3) and tuple(stride) == tuple(dilation) == (1, 1)
+    return square and macs >= WINOGRAD_MIN_MACS
+
+
+def node_winograd_macs(g: Graph, n: Node) -> int:
+    """Per image, the multiply-accumulates of conv2d ``n`` if calibration runs it as
+    Winograd (:func:`winograd_ok`), else 0."""
+    w = [int(d or 1) for d in g.constants[n.const_operands()[0]].type.shape]
+    macs = int(n.type.shape[2] or 1) * int(n.type.shape[3] or 1) * math.prod(w)
+    ok = winograd_ok(
+        tuple(w[2:]), attr_ints(n.attrs, "stride"), attr_ints(n.attrs, "dilation"), macs
+    )
+    return macs if ok else 0
+
+
 def winograd_macs(g: Graph) -> int:
-    """Per image, the multiply-accumulates of ``g``'s convolutions that float64 runs do by
-    Winograd (3×3, stride 1, dilation 1, at least :data:`WINOGRAD_MIN_MACS`)."""
-    total = 0
-    for n in g.nodes:
-        if n.op != "conv2d":
-            continue
-        w = g.constants[n.const_operands()[0]].type.shape
-        if tuple(w[2:]) != (3, 3) or attr_ints(n.attrs, "stride") != (1, 1):
-            continue
-        if attr_ints(n.attrs, "dilation") != (1, 1):
-            continue
-        macs = int(n.type.shape[2] or 1) * int(n.type.shape[3] or 1) * int(w[0] or 1)
-        macs *= int(w[1] or 1) * 9
-        total += macs if macs >= WINOGRAD_MIN_MACS else 0
-    return total
+    """Per image, the multiply-accumulates of ``g``'s convolutions that calibration runs as
+    Winograd (:func:`node_winograd_macs`)."""
+    return sum(node_winograd_macs(g, n) for n in g.nodes if n.op == "conv2d")
 
 
 def _conv2d(xs: list[np.ndarray], a: Attrs, winograd: bool) -> np.ndarray:
-    """``conv2d`` in the float type of its input: in float64 (and with ``winograd``), a 3×3
-    stride-1 convolution of at least :data:`WINOGRAD_MIN_MACS` per image by Winograd, the
-    others by im2col and one GEMM (:func:`bsnnc.runtime.kernels.conv2d`). Only calibration
-    asks for Winograd (:func:`kernels_for`); :data:`ANN_KERNELS`, which the spiking runtime
-    also calls, is direct."""
+    """``conv2d`` in the float type of its input: in float64 (and with ``winograd``), a
+    convolution :func:`winograd_ok` accepts by Winograd, the others by im2col and one GEMM
+    (:func:`bsnnc.runtime.kernels.conv2d`). Only calibration asks for Winograd
+    (:func:`kernels_for`); :data:`ANN_KERNELS`, which the spiking runtime also calls, is
+    direct."""
     x, w = xs[0].astype(_float(xs[0]), copy=False), xs[1]
     stride, dilation, pads = _pair(a, "stride"), _pair(a, "dilation"), _pads(a)
-    if (
-        winograd
-        and x.dtype == np.float64
-        and w.shape[2:] == (3, 3)
-        and stride == dilation == (1, 1)
-    ):
+    if winograd and x.dtype == np.float64:
         oh, ow = x.shape[2] + pads[0] + pads[2] - 2, x.shape[3] + pads[1] + pads[3] - 2
-        if oh * ow * w.shape[0] * w.shape[1] * 9 >= WINOGRAD_MIN_MACS:
+        if winograd_ok(w.shape[2:], stride, dilation, oh * ow * math.prod(w.shape)):
             from bsnnc.runtime import winograd as wg  # numba compiles it: loaded only when used
 
             return wg.conv3x3(x, wg.filter_transform(w), pads)

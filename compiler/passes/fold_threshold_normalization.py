@@ -73,7 +73,7 @@ from bsnnc.ir.ops import Trait, has_trait, if_init, if_levels, if_step, threshol
 from bsnnc.ir.types import Kind
 from bsnnc.ir.verifier import verify_spiking
 from bsnnc.runtime.ann import kernels_for
-from bsnnc.runtime.staged import Stage, plan_stages, run_staged
+from bsnnc.runtime.staged import plan_stages, run_staged
 
 #: float64 values in flight during calibration stay near this many bytes (per stage)
 CALIB_BYTES = 128 << 20
@@ -203,15 +203,6 @@ def _tie_concatenated(
     return out
 
 
-def calibration_stages(
-    g: Graph, images: int, at_most: int, budget: int | None = None
-) -> list[Stage]:
-    """The calibration ANN's stages (:func:`bsnnc.runtime.staged.plan_stages`): each runs
-    on as many images (at most ``at_most``) as keep about ``budget`` (default
-    :data:`CALIB_BYTES`) bytes of float64 values in flight."""
-    return plan_stages(g, images, at_most, CALIB_BYTES if budget is None else budget)
-
-
 def quantizer_lambda(n: Node) -> float | None:
     """λ = L·Δ of an ``if`` that stands for a quantized activation (None for the others): the
     activation L·Δ is the quantizer's largest, so it fires at the maximum rate, and with the
@@ -259,7 +250,7 @@ def _calibrate_images(g: Graph, opts: PassOptions) -> Calibration:
     images = opts.calib()
     p = 100.0 if opts.percentile >= 100 else opts.percentile
     cal = Calibrator(g, len(images), p, opts.statistic, opts.granularity == "channel")
-    stages = calibration_stages(g, len(images), opts.calib_batch)
+    stages = plan_stages(g, len(images), opts.calib_batch, CALIB_BYTES)  # memory-sized
     what = f"calibrating on {len(images)} images"
 
     def fed() -> Iterator[np.ndarray]:
